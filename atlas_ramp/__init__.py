@@ -1,0 +1,16 @@
+"""Machinery of the ATLAS v2.0 stroke-lesion RAMP starting kit.
+
+One module per concept:
+
+* :mod:`atlas_ramp.bids`: ATLAS/BIDS file names and subject discovery;
+* :mod:`atlas_ramp.volumes`: lazy volumes ``X``, sparse masks ``y``, the cache;
+* :mod:`atlas_ramp.masks`: sparse masks and sparse probabilities;
+* :mod:`atlas_ramp.predictions`: ramp-workflow ``Predictions`` and their files;
+* :mod:`atlas_ramp.scores`: Dice and the ATLAS Grand Challenge metrics;
+* :mod:`atlas_ramp.splits`: cohort-aware hold-out and cross-validation;
+* :mod:`atlas_ramp.workflow`: how a submission is trained and run;
+* :mod:`atlas_ramp.synthetic`: the synthetic ATLAS-like sample;
+* :mod:`atlas_ramp.archive`: the real, encrypted ATLAS R2.0 archive.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,375 @@
+"""Lazy access to the volumes of a split: ``X`` (images) and ``y`` (masks).
+
+``X`` is an :class:`ImageSequence`: it behaves like a sequence of float32 3D
+arrays, but holds only file names. ``X[i]`` reads one volume; ``X[[0, 3, 5]]``
+(or a boolean mask, or a slice) gives another lazy sequence. Memory does not grow
+with the number of subjects.
+
+Decoding a gzip-compressed NIfTI on the 1 mm ATLAS grid takes a fraction of a
+second; cross-validation and training epochs read the same volumes many times. So
+the first read of a volume also writes it, decompressed, to an on-disk cache
+(``<data>/.cache/``, one ``.npy`` per volume). Later reads load the ``.npy``,
+which is an order of magnitude faster. A cache entry records the size and
+modification time of its source file and is rebuilt when the source changes. If
+the cache folder cannot be written (read-only data on a server), volumes are
+decoded every time, with a single warning.
+
+``y`` is a 1D numpy object array of :class:`~atlas_ramp.masks.SparseMask`, built
+by :func:`load_masks` (also cached). Estimators see it through
+:class:`MaskSequence`, which turns one mask at a time into a boolean array.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from .bids import DataError, Subject, check_split, find_subjects, read_header
+from .masks import SparseMask
+from .predictions import object_array
+
+CACHE_DIR_NAME = ".cache"
+_warned_read_only = set()
+
+
+def default_cache_dir(split_dir: Path | str) -> Path:
+    """``data/train`` → ``data/.cache/train``."""
+    split_dir = Path(split_dir).resolve()
+    return split_dir.parent / CACHE_DIR_NAME / split_dir.name
+
+
+def _source_signature(path: Path) -> dict:
+    stat = path.stat()
+    return {
+        "source": str(path.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+    }
+
+
+def _cache_stem(cache_dir: Path, path: Path) -> Path:
+    # The file name keeps the BIDS name for humans; a hash of the absolute path
+    # keeps two sources with the same name apart.
+    digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+    name = path.name.removesuffix(".gz").removesuffix(".nii")
+    return cache_dir / f"{name}-{digest}"
+
+
+def _read_nifti(path: Path, dtype) -> np.ndarray:
+    try:
+        return np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32), dtype=dtype)
+    except DataError:
+        raise
+    except Exception as error:  # truncated gzip, bad header, ...
+        raise DataError(
+            f"Cannot read {path}: {error}. The file is truncated or corrupted; "
+            "download or rebuild it (`python download_data.py --force`)."
+        ) from error
+
+
+def _atomic_write(target: Path, write) -> None:
+    handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".partial")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
+        os.replace(temporary, target)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+class VolumeCache:
+    """Decompressed copies of NIfTI volumes, invalidated when the source changes.
+
+    Parameters
+    ----------
+    cache_dir : path or None
+        Where to keep the ``.npy`` files; None disables caching.
+    """
+
+    def __init__(self, cache_dir: Path | str | None):
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+
+    def _usable(self) -> bool:
+        if self.cache_dir is None:
+            return False
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            return os.access(self.cache_dir, os.W_OK)
+        except OSError:
+            return False
+
+    def _warn_read_only(self):
+        key = str(self.cache_dir)
+        if key not in _warned_read_only:
+            _warned_read_only.add(key)
+            warnings.warn(
+                f"Cannot write the volume cache {self.cache_dir}; volumes will be "
+                "decoded from .nii.gz at every read (slower, same results).",
+                stacklevel=3,
+            )
+
+    def load(self, path: Path, dtype=np.float32) -> np.ndarray:
+        """Load a volume, from the cache when it is fresh."""
+        path = Path(path)
+        if self.cache_dir is None:
+            return _read_nifti(path, dtype)
+        stem = _cache_stem(self.cache_dir, path)
+        array_file, meta_file = stem.with_suffix(".npy"), stem.with_suffix(".json")
+        signature = _source_signature(path)
+        try:
+            if json.loads(meta_file.read_text()) == signature:
+                return np.load(array_file)
+        except (OSError, ValueError):
+            pass  # missing, stale or damaged entry: rebuild it
+        volume = _read_nifti(path, dtype)
+        if not self._usable():
+            self._warn_read_only()
+            return volume
+        try:
+            _atomic_write(array_file, lambda stream: np.save(stream, volume))
+            _atomic_write(
+                meta_file, lambda stream: stream.write(json.dumps(signature).encode())
+            )
+        except OSError:
+            self._warn_read_only()
+        return volume
+
+
+class ImageSequence(Sequence):
+    """A lazy sequence of T1w volumes (float32 3D arrays), one per subject.
+
+    Parameters
+    ----------
+    subjects : list of Subject
+        The subjects, in order.
+    shape : tuple of int
+        The common volume shape.
+    affine : ndarray of shape (4, 4)
+        The common voxel-to-world affine (MNI152NLin2009aSym).
+    cache_dir : path or None
+        Decompressed volume cache; None disables it.
+
+    Examples
+    --------
+    >>> X = ImageSequence.from_folder("data/train")  # doctest: +SKIP
+    >>> volume = X[0]                                # one float32 3D array
+    >>> X_fold = X[[0, 2, 5]]                        # another lazy sequence
+    >>> X_fold.subject_ids, X_fold.cohorts           # who they are
+    """
+
+    def __init__(self, subjects, shape, affine, cache_dir=None):
+        self.subjects = list(subjects)
+        self.shape = tuple(shape)
+        self.affine = np.asarray(affine, dtype=float)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self._cache = VolumeCache(self.cache_dir)
+
+    @classmethod
+    def from_folder(cls, split_dir: Path | str, cache_dir="default") -> ImageSequence:
+        """Discover the subjects of a split folder and check their headers.
+
+        Parameters
+        ----------
+        split_dir : path
+            E.g. ``data/train``; any layout that :func:`~atlas_ramp.bids.find_subjects`
+            understands.
+        cache_dir : path, None or "default"
+            "default" is ``<data>/.cache/<split>``.
+        """
+        subjects = find_subjects(split_dir)
+        shape, affine = check_split(subjects)
+        if cache_dir == "default":
+            cache_dir = default_cache_dir(split_dir)
+        return cls(subjects, shape, affine, cache_dir)
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+    def __getitem__(self, index):
+        if isinstance(index, int | np.integer):
+            subject = self.subjects[index]
+            return self._cache.load(subject.t1w_path, np.float32)
+        if isinstance(index, slice):
+            chosen = self.subjects[index]
+        else:
+            positions = np.arange(len(self.subjects))[np.asarray(index)]
+            chosen = [self.subjects[i] for i in np.atleast_1d(positions)]
+        return ImageSequence(chosen, self.shape, self.affine, self.cache_dir)
+
+    def __iter__(self):
+        for position in range(len(self)):
+            yield self[position]
+
+    def __repr__(self) -> str:
+        return f"ImageSequence({len(self)} subjects, shape={self.shape})"
+
+    @property
+    def subject_ids(self) -> np.ndarray:
+        """Subject IDs (``sub-r001s001``), as an array of str."""
+        return np.array([s.subject_id for s in self.subjects])
+
+    @property
+    def cohorts(self) -> np.ndarray:
+        """Cohort of each subject (``R001``), as an array of str."""
+        return np.array([s.cohort for s in self.subjects])
+
+    @property
+    def t1w_paths(self) -> list[Path]:
+        return [s.t1w_path for s in self.subjects]
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in millilitres (0.001 at 1 mm isotropic)."""
+        return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+
+    @property
+    def is_labelled(self) -> bool:
+        return all(s.mask_path is not None for s in self.subjects)
+
+
+def _load_mask_array(path: Path) -> np.ndarray:
+    volume = _read_nifti(path, np.float32)
+    values = np.unique(volume)
+    if not np.all(np.isin(values, (0.0, 1.0))):
+        shown = ", ".join(f"{v:g}" for v in values[:6])
+        raise DataError(
+            f"{path} has values {shown}{'...' if values.size > 6 else ''}; a lesion "
+            "mask must hold only 0 and 1. Binarize it (e.g. > 0.5) or rebuild it."
+        )
+    return volume > 0.5
+
+
+def load_mask(subject: Subject, voxel_volume_ml: float, cache_dir=None) -> SparseMask:
+    """Read one subject's lesion mask as a :class:`SparseMask` (cached)."""
+    path = Path(subject.mask_path)
+    shape = tuple(read_header(path).shape)
+    if cache_dir is not None:
+        stem = _cache_stem(Path(cache_dir), path)
+        index_file, meta_file = (
+            stem.with_suffix(".idx.npy"),
+            stem.with_suffix(".idx.json"),
+        )
+        signature = _source_signature(path)
+        try:
+            if json.loads(meta_file.read_text()) == signature:
+                return SparseMask(np.load(index_file), shape, voxel_volume_ml)
+        except (OSError, ValueError):
+            pass
+    mask = SparseMask.from_dense(_load_mask_array(path), voxel_volume_ml)
+    if cache_dir is not None and VolumeCache(cache_dir)._usable():
+        try:
+            _atomic_write(index_file, lambda stream: np.save(stream, mask.indices))
+            _atomic_write(
+                meta_file, lambda stream: stream.write(json.dumps(signature).encode())
+            )
+        except OSError:
+            pass
+    return mask
+
+
+def load_masks(X: ImageSequence) -> np.ndarray:
+    """The lesion masks of a labelled split, as an object array of SparseMask.
+
+    Raises
+    ------
+    DataError
+        If the split is unlabelled, or a mask is unreadable or not binary.
+    """
+    if not X.is_labelled:
+        raise DataError(
+            "This split has no lesion masks (unlabelled subjects, e.g. ATLAS "
+            "Testing); it cannot be used for training or scoring."
+        )
+    return object_array(
+        load_mask(subject, X.voxel_volume_ml, X.cache_dir) for subject in X.subjects
+    )
+
+
+class MaskSequence(Sequence):
+    """What an estimator's ``fit`` receives as ``y``: boolean 3D masks, lazily.
+
+    ``y[i]`` is a dense boolean array of the volume shape, made on access from
+    the sparse mask, so only one dense mask exists at a time.
+
+    Parameters
+    ----------
+    masks : sequence of SparseMask
+    """
+
+    def __init__(self, masks):
+        self.masks = object_array(masks)
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def __getitem__(self, index):
+        if isinstance(index, int | np.integer):
+            return self.masks[index].to_dense()
+        return MaskSequence(self.masks[index])
+
+    def __iter__(self):
+        for position in range(len(self)):
+            yield self[position]
+
+    @property
+    def volumes_ml(self) -> np.ndarray:
+        """Lesion volume of each subject in mL (cheap: no dense mask made)."""
+        return np.array([mask.volume_ml for mask in self.masks])
+
+    @property
+    def sparse(self) -> np.ndarray:
+        """The underlying sparse masks (flat voxel indices), for fast code."""
+        return self.masks
+
+    def __repr__(self) -> str:
+        return f"MaskSequence({len(self)} masks)"
+
+
+def quick_subset(X: ImageSequence, n_subjects: int) -> np.ndarray:
+    """Positions of at most ``n_subjects`` subjects, taken cohort by cohort.
+
+    Round-robin over cohorts (in subject order), so a small subset still shows
+    every cohort; deterministic.
+    """
+    by_cohort: dict[str, list[int]] = {}
+    for position, cohort in enumerate(X.cohorts):
+        by_cohort.setdefault(cohort, []).append(position)
+    chosen = []
+    while len(chosen) < min(n_subjects, len(X)):
+        for members in by_cohort.values():
+            if members and len(chosen) < n_subjects:
+                chosen.append(members.pop(0))
+    return np.sort(np.asarray(chosen, dtype=int))
+
+
+def load_split(data_dir: Path | str, split: str, max_subjects: int | None = None):
+    """Load a labelled split folder ``<data_dir>/<split>`` as ``(X, y)``.
+
+    Parameters
+    ----------
+    data_dir : path
+        The data folder (``data``), holding ``train/`` and ``test/``.
+    split : str
+        ``"train"`` or ``"test"``.
+    max_subjects : int, optional
+        Keep a small cohort-balanced subset (quick tests).
+
+    Returns
+    -------
+    X : ImageSequence
+    y : ndarray of SparseMask
+    """
+    X = ImageSequence.from_folder(Path(data_dir) / split)
+    if max_subjects is not None:
+        X = X[quick_subset(X, max_subjects)]
+    return X, load_masks(X)

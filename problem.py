@@ -1,0 +1,71 @@
+"""ATLAS v2.0 stroke-lesion segmentation on T1-weighted MRI: the RAMP problem.
+
+Given a T1w MRI registered to MNI152NLin2009aSym (1 mm, 197 x 233 x 189), predict
+the mask of the chronic stroke lesion(s). Submissions are ranked by Dice, averaged
+over subjects; the other ATLAS Grand Challenge metrics are reported beside it.
+"""
+
+import os
+
+from atlas_ramp.predictions import (
+    Predictions,  # noqa: F401  (used by ramp-workflow)
+    load_sparse_probas,
+    save_sparse_probas,
+)
+from atlas_ramp.scores import Dice, LesionCountDifference, LesionF1, VolumeDifference
+from atlas_ramp.splits import CohortStratifiedShuffleSplit
+from atlas_ramp.volumes import load_split
+from atlas_ramp.workflow import LesionSegmentation
+
+problem_title = "Stroke lesion segmentation on T1w MRI (ATLAS v2.0)"
+
+# Predictions (imported above): one sparse lesion-probability map per subject,
+# averaged voxel by voxel when CV folds or submissions are combined.
+# submissions/<name>/estimator.py defines get_estimator() -> fit / predict(_proba).
+workflow = LesionSegmentation(workflow_element_names=["estimator"])
+
+# Per-subject scores averaged over subjects; the first one ranks the leaderboard.
+score_types = [
+    Dice(name="dice"),
+    LesionF1(name="lesion_f1"),
+    VolumeDifference(name="volume_diff_ml"),
+    LesionCountDifference(name="lesion_count_diff"),
+]
+
+# `ramp-test --quick-test` sets RAMP_TEST_MODE: a few subjects and 2 folds.
+QUICK_TEST = os.getenv("RAMP_TEST_MODE", "0") != "0"
+QUICK_N_TRAIN, QUICK_N_TEST = 12, 6
+
+
+def get_cv(X, y):
+    """New subjects from known cohorts, as in the ATLAS hidden test set.
+
+    To mirror the generalizability set (unseen sites) instead, use
+    ``atlas_ramp.splits.LeaveCohortsOut(n_splits=...)``.
+    """
+    cv = CohortStratifiedShuffleSplit(
+        n_splits=2 if QUICK_TEST else 5, test_size=0.2, random_state=42
+    )
+    return cv.split(X, y)
+
+
+def get_train_data(path="."):
+    """Lazy T1w volumes and sparse masks of ``<path>/data/train``."""
+    n = QUICK_N_TRAIN if QUICK_TEST else None
+    return load_split(os.path.join(path, "data"), "train", max_subjects=n)
+
+
+def get_test_data(path="."):
+    """Lazy T1w volumes and sparse masks of ``<path>/data/test``."""
+    n = QUICK_N_TEST if QUICK_TEST else None
+    return load_split(os.path.join(path, "data"), "test", max_subjects=n)
+
+
+def save_y_pred(y_pred, data_path=".", output_path=".", suffix="test"):
+    """Write predictions compactly: ``<output_path>/y_pred_<suffix>.npz``."""
+    save_sparse_probas(y_pred, os.path.join(output_path, f"y_pred_{suffix}.npz"))
+
+
+def load_y_pred(data_path=".", input_path=".", suffix="test"):
+    """Read predictions written by :func:`save_y_pred`."""
+    return load_sparse_probas(os.path.join(input_path, f"y_pred_{suffix}.npz"))
