@@ -21,6 +21,7 @@ a lesion voxel when its (quantized) probability is at least 0.5.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -125,12 +126,31 @@ class SparseMask:
         self._lesions = None
 
 
+#: Label lesions densely in their bounding box when it is at most this many times
+#: larger than the lesion voxels (compact lesions: fast C labelling); otherwise
+#: use the sparse graph (scattered voxels: cost independent of the image size).
+_DENSE_BOX_RATIO = 64
+
+
 def _face_connected_components(indices: np.ndarray, shape) -> tuple[int, np.ndarray]:
     n = indices.size
     if n == 0:
         return 0, np.zeros(0, dtype=np.int32)
-    nx, ny, nz = shape
     coords = np.unravel_index(indices, shape)
+    low = [int(c.min()) for c in coords]
+    box_shape = tuple(int(c.max()) - lo + 1 for c, lo in zip(coords, low, strict=True))
+    if np.prod(box_shape, dtype=np.int64) <= _DENSE_BOX_RATIO * n + 4096:
+        local = tuple(c - lo for c, lo in zip(coords, low, strict=True))
+        box = np.zeros(box_shape, dtype=bool)
+        box[local] = True
+        labels, n_components = ndimage.label(box)  # default: face connectivity
+        return int(n_components), (labels[local] - 1).astype(np.int32)
+    return _sparse_components(indices, coords, shape)
+
+
+def _sparse_components(indices, coords, shape) -> tuple[int, np.ndarray]:
+    n = indices.size
+    nx, ny, nz = shape
     rows, cols = [], []
     # One step along each axis; a neighbour exists if its flat index is present
     # (and the step does not wrap around the volume border).

@@ -139,7 +139,8 @@ def predict_sparse(
     return results
 
 
-def _subset_for_train_score(train_is, limit: int = MAX_TRAIN_SUBJECTS_SCORED):
+def _subset_for_train_score(train_is, limit: int | None = None):
+    limit = MAX_TRAIN_SUBJECTS_SCORED if limit is None else limit
     train_is = np.asarray(train_is)
     if train_is.size <= limit:
         return train_is
