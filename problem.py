@@ -33,7 +33,7 @@ score_types = [
 ]
 
 # `ramp-test --quick-test` sets RAMP_TEST_MODE: a few subjects and 2 folds.
-QUICK_TEST = os.getenv("RAMP_TEST_MODE", "0") != "0"
+QUICK_TEST = os.getenv("RAMP_TEST_MODE", "") not in ("", "0")
 QUICK_N_TRAIN, QUICK_N_TEST = 12, 6
 
 
