@@ -112,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                 progress=not args.quiet,
             )
     except (DataError, OSError) as error:
+        if isinstance(error.__cause__, KeyboardInterrupt):
+            print(f"download_data.py: interrupted: {error}", file=sys.stderr)
+            return 130
         print(f"download_data.py: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
