@@ -1,0 +1,25 @@
+"""Shared fixtures."""
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def small_sample(tmp_path_factory):
+    """A small synthetic sample (12 train + 6 test subjects, 3 cohorts, 4 mm).
+
+    Returns the data folder, the one holding ``train/`` and ``test/``. Built
+    once per test session; tests must not modify it.
+    """
+    from atlas_ramp.synthetic import build_sample
+
+    folder = tmp_path_factory.mktemp("small_sample")
+    build_sample(
+        folder,
+        n_train=12,
+        n_test=6,
+        n_cohorts=3,
+        seed=0,
+        downsample=4,
+        progress=False,
+    )
+    return folder
