@@ -48,8 +48,9 @@ def _normalize(volume, brain):
     one scale.
     """
     values = volume[brain]
-    median = np.median(values)
-    q25, q75 = np.percentile(values, [25, 75])
+    # Python floats keep the result float32 (numpy scalars would promote it).
+    median = float(np.median(values))
+    q25, q75 = (float(q) for q in np.percentile(values, [25, 75]))
     return (volume - median) / max(q75 - q25, 1e-6)
 
 
@@ -86,7 +87,7 @@ class IntensityThreshold:
         mean_image = np.zeros(X.shape, dtype=np.float32)
         for i in chosen:
             volume = X[i]
-            image = _normalize(volume, _brain(volume)).astype(np.float32)
+            image = _normalize(volume, _brain(volume))
             images.append(image)
             masks.append(y[i])
             mean_image += image / len(chosen)
