@@ -8,11 +8,11 @@ with the number of subjects.
 Decoding a gzip-compressed NIfTI on the 1 mm ATLAS grid takes a fraction of a
 second; cross-validation and training epochs read the same volumes many times. So
 the first read of a volume also writes it, decompressed, to an on-disk cache
-(``<data>/.cache/``, one ``.npy`` per volume). Later reads load the ``.npy``,
-which is an order of magnitude faster. A cache entry records the size and
-modification time of its source file and is rebuilt when the source changes. If
-the cache folder cannot be written (read-only data on a server), volumes are
-decoded every time, with a single warning.
+(``<data>/.cache/``, one ``.npy`` per volume). Later reads map the ``.npy``
+into memory (copy-on-write), which is an order of magnitude faster. A cache
+entry records the size and modification time of its source file and is rebuilt
+when the source changes. If the cache folder cannot be written (read-only data
+on a server), volumes are decoded every time, with a single warning.
 
 ``y`` is a 1D numpy object array of :class:`~atlas_ramp.masks.SparseMask`, built
 by :func:`load_masks` (also cached). Estimators see it through
@@ -128,7 +128,10 @@ class VolumeCache:
         signature = _source_signature(path)
         try:
             if json.loads(meta_file.read_text()) == signature:
-                return np.load(array_file)
+                # A private (copy-on-write) memory map: pages come straight from
+                # the OS page cache, with no copy; writing to the array changes
+                # this array only, never the cache file.
+                return np.asarray(np.load(array_file, mmap_mode="c"))
         except (OSError, ValueError):
             pass  # missing, stale or damaged entry: rebuild it
         volume = _read_nifti(path, dtype)

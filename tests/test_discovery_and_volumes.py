@@ -301,3 +301,12 @@ def test_damaged_cache_entry_is_rebuilt(tmp_path):
     (meta,) = X.cache_dir.glob("*.json")
     meta.write_text("{not json")
     assert np.array_equal(X[0], expected)
+
+
+def test_changing_a_cached_volume_changes_neither_the_cache_nor_later_reads(tmp_path):
+    make_split(tmp_path / "train")
+    X = ImageSequence.from_folder(tmp_path / "train")
+    original = X[0].copy()
+    from_cache = X[0]
+    from_cache -= 100  # students normalize in place
+    assert np.array_equal(X[0], original)
