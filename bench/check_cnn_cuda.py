@@ -155,13 +155,12 @@ def main():
             f"patches, {len(X)} training subjects, "
             f"{results['cpu']['estimator'].n_parameters_:,} parameters"
         )
-        print(
-            f"{'device':8s}{'s/epoch':>10s}{'s/subject':>12s}{'dice':>8s}{'peak MiB':>10s}"
-        )
+        header = ("device", "s/epoch", "s/subject", "dice", "peak MiB")
+        print(f"{header[0]:8s}" + "".join(f"{h:>10s}" for h in header[1:]))
         for device, result in results.items():
             print(
                 f"{device:8s}{result['epoch_seconds']:10.2f}"
-                f"{result['predict_seconds']:12.2f}{result['dice']:8.3f}"
+                f"{result['predict_seconds']:10.2f}{result['dice']:10.3f}"
                 f"{result['peak_mib']:10.0f}"
             )
         if not has_cuda:
@@ -169,9 +168,8 @@ def main():
             return 0
 
         cuda, cpu = results["cuda"], results["cpu"]
-        print(
-            f"speed-up of training on CUDA: {cpu['epoch_seconds'] / cuda['epoch_seconds']:.1f}x"
-        )
+        speed_up = cpu["epoch_seconds"] / cuda["epoch_seconds"]
+        print(f"speed-up of training on CUDA: {speed_up:.1f}x")
         # Same weights, two devices: only arithmetic differs.
         same_weights, _ = predict(cpu["estimator"], "cuda", X_test)
         gap = float(np.abs(same_weights - cpu["probabilities"]).max())
