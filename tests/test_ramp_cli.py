@@ -5,6 +5,7 @@ separate processes exactly as they would run them.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,12 @@ def make_kit(folder: Path, data: Path, submissions=("starting_kit",)) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(REPO / "problem.py", folder / "problem.py")
     for name in submissions:
-        shutil.copytree(REPO / "submissions" / name, folder / "submissions" / name)
+        shutil.copytree(
+            REPO / "submissions" / name,
+            folder / "submissions" / name,
+            # Left over from a local run, not part of the submission.
+            ignore=shutil.ignore_patterns("training_output", "__pycache__"),
+        )
     (folder / "data").symlink_to(data, target_is_directory=True)
     return folder
 
@@ -44,6 +50,18 @@ def run(kit: Path, *args, quick=False):
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
+
+
+def bagged_test_dice(output: str) -> float:
+    """The bagged test Dice printed by ``ramp-test`` (first score column)."""
+    output = re.sub(r"\x1b\[[0-9;]*m", "", output)  # drop the colours
+    bagged = output.split("Bagged scores")[1]
+    header = next(line for line in bagged.splitlines() if "dice" in line)
+    assert header.split()[:2] == ["score", "dice"]
+    test_row = next(
+        line for line in bagged.splitlines() if line.strip().startswith("test")
+    )
+    return float(test_row.split()[1])
 
 
 def bagged_scores(kit: Path, submission: str) -> pd.DataFrame:

@@ -8,11 +8,7 @@ Two kinds of checks, both on the small 4 mm synthetic sample:
   range, a repeatable CPU run, and a fitted model that survives pickling.
 """
 
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import cloudpickle
@@ -25,47 +21,21 @@ from rampwf.utils.importing import import_module_from_source  # noqa: E402
 
 from atlas_ramp.volumes import MaskSequence, load_split  # noqa: E402
 
+from .test_ramp_cli import bagged_test_dice, make_kit, ramp_command, run  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SUBMISSION = REPO / "submissions" / "small_cnn"
 
 
-def ramp_command(name):
-    beside_python = Path(sys.executable).parent / name
-    found = beside_python if beside_python.exists() else shutil.which(name)
-    if found is None:
-        pytest.skip(f"{name} is not installed")
-    return str(found)
-
-
 @pytest.mark.slow
 def test_ramp_test_quick_test_runs(small_sample, tmp_path):
-    kit = tmp_path / "kit"
-    kit.mkdir()
-    shutil.copy(REPO / "problem.py", kit / "problem.py")
-    shutil.copytree(SUBMISSION, kit / "submissions" / "small_cnn")
-    (kit / "data").symlink_to(small_sample, target_is_directory=True)
-    env = dict(os.environ, RAMP_TEST_MODE="1")
-
-    result = subprocess.run(
-        [ramp_command("ramp-test"), "--submission", "small_cnn", "--quick-test"],
-        cwd=kit,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    kit = make_kit(tmp_path / "kit", small_sample, ["small_cnn"])
+    ramp_test = ramp_command("ramp-test")
+    output = run(
+        kit, ramp_test, "--submission", "small_cnn", "--quick-test", quick=True
     )
-
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)  # drop the colours
-    assert "small_cnn: epoch  1/" in output  # the per-epoch progress line
-    assert "Bagged scores" in output
-    bagged = output.split("Bagged scores")[1]
-    header = next(line for line in bagged.splitlines() if "dice" in line)
-    assert header.split()[:2] == ["score", "dice"]
-    test_row = next(
-        line for line in bagged.splitlines() if line.strip().startswith("test")
-    )
-    assert 0.0 <= float(test_row.split()[1]) <= 1.0
+    assert "small_cnn: epoch  1/" in re.sub(r"\x1b\[[0-9;]*m", "", output)
+    assert 0.0 <= bagged_test_dice(output) <= 1.0
 
 
 # --- In process, tiny budget ----------------------------------------------------
@@ -122,3 +92,63 @@ def test_fitted_model_survives_cloudpickle(fitted, small_split):
     np.testing.assert_allclose(
         restored.predict_proba(small_split[2]), probabilities, atol=1e-6
     )
+
+
+# --- Helpers: template, padding, sliding windows ----------------------------------
+def test_template_lines_up_with_the_images(small_split):
+    """The MNI template on the data grid looks like the (registered) subjects."""
+    module = tiny_estimator_module()
+    X_train = small_split[0]
+    template = module.template_on_grid(X_train.affine, X_train.shape, 1)
+    assert template.shape == X_train.shape
+    image, head = module.prepare(X_train[0], 1, template)
+    assert image.shape == (3, *X_train.shape)  # image, mirror, template
+    correlation = np.corrcoef(image[0][head], image[2][head])[0, 1]
+    # Flipped or shifted, the template would barely correlate with the image.
+    assert correlation > 0.6
+    shifted = np.roll(image[2], 3, axis=1)
+    assert correlation > np.corrcoef(image[0][head], shifted[head])[0, 1] + 0.1
+
+
+def test_pad_to_at_least_pads_each_axis_at_its_end():
+    module = tiny_estimator_module()
+    volume = np.ones((2, 5, 9, 3), np.float32)
+    padded = module.pad_to_at_least(volume, [8, 8, 8], mode="constant")
+    assert padded.shape == (2, 8, 9, 8)
+    np.testing.assert_array_equal(padded[:, :5, :, :3], volume)
+    assert padded[:, 5:].sum() == 0 and padded[..., 3:].sum() == 0
+
+
+@pytest.mark.parametrize("window_size", [16, 128])
+def test_sliding_window_covers_the_head_only(window_size):
+    """Several overlapping windows, or the whole head box in one."""
+    module = tiny_estimator_module()
+    module.WINDOW_SIZE = window_size
+    torch.manual_seed(0)
+    network = module.UNet3D(in_channels=3, base_channels=4).eval()
+    image = np.random.default_rng(0).normal(size=(3, 30, 37, 26)).astype(np.float32)
+    head = np.zeros((30, 37, 26), bool)
+    head[5:25, 6:30, 4:20] = True
+
+    probability = module.sliding_window_probability(
+        network, image, head, torch.device("cpu")
+    ).numpy()
+
+    assert probability.shape == head.shape
+    assert (probability[~head] == 0).all()
+    assert (probability[head] > 0).all() and (probability[head] < 1).all()
+
+
+def test_shift_probability_moves_the_threshold_to_one_half():
+    module = tiny_estimator_module()
+    probability = torch.tensor([0.0, 0.05, 0.149, 0.15, 0.151, 0.5, 0.9, 1.0])
+    shifted = module.shift_probability(probability, 0.15)
+    assert torch.isclose(shifted[3], torch.tensor(0.5))
+    assert (shifted[:3] < 0.5).all() and (shifted[4:] > 0.5).all()
+    assert (torch.diff(shifted) > 0).all()  # the order of the voxels is kept
+    assert shifted.min() >= 0 and shifted.max() <= 1
+
+
+def test_threshold_is_tuned_on_training_subjects(fitted):
+    estimator, _ = fitted
+    assert estimator.threshold_ in tiny_estimator_module().THRESHOLDS
