@@ -8,10 +8,6 @@ On the small 4 mm synthetic sample:
   and the two grid helpers the features rely on (the mirror, the 2 mm grid).
 """
 
-import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +15,8 @@ import pytest
 from rampwf.utils.importing import import_module_from_source
 
 from atlas_ramp.volumes import MaskSequence, load_split
+
+from .test_ramp_cli import bagged_test_dice, make_kit, ramp_command, run
 
 REPO = Path(__file__).resolve().parents[1]
 SUBMISSION = REPO / "submissions" / "voxel_classifier"
@@ -28,44 +26,16 @@ def load_submission():
     return import_module_from_source(str(SUBMISSION / "estimator.py"), "estimator")
 
 
-def ramp_test_command():
-    beside_python = Path(sys.executable).parent / "ramp-test"
-    found = beside_python if beside_python.exists() else shutil.which("ramp-test")
-    if found is None:
-        pytest.skip("ramp-test is not installed")
-    return str(found)
-
-
 @pytest.mark.slow
 def test_ramp_test_quick_test_runs(small_sample, tmp_path):
-    kit = tmp_path / "kit"
-    kit.mkdir()
-    shutil.copy(REPO / "problem.py", kit / "problem.py")
-    shutil.copytree(
-        SUBMISSION,
-        kit / "submissions" / "voxel_classifier",
-        ignore=shutil.ignore_patterns("training_output", "__pycache__"),
-    )
-    (kit / "data").symlink_to(small_sample, target_is_directory=True)
-    result = subprocess.run(
-        [ramp_test_command(), "--submission", "voxel_classifier", "--quick-test"],
-        cwd=kit,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)  # drop the colours
-    bagged = output.split("Bagged scores")[1]
-    header = next(line for line in bagged.splitlines() if "dice" in line)
-    assert header.split()[:2] == ["score", "dice"]
-    test_row = next(
-        line for line in bagged.splitlines() if line.strip().startswith("test")
+    kit = make_kit(tmp_path / "kit", small_sample, ["voxel_classifier"])
+    ramp_test = ramp_command("ramp-test")
+    output = run(
+        kit, ramp_test, "--submission", "voxel_classifier", "--quick-test", quick=True
     )
     # It learns something: predicting nothing scores 0 here, the starting kit
     # below 0.1.
-    assert 0.2 < float(test_row.split()[1]) <= 1.0
+    assert 0.2 < bagged_test_dice(output) <= 1.0
 
 
 @pytest.mark.slow
