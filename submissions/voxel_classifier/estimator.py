@@ -34,9 +34,8 @@ Scores and cost
 ---------------
 Default synthetic sample (40 train / 16 test subjects, 1 mm), 2 CPU cores:
 CV Dice 0.586 ± 0.085, test Dice 0.638 (lesion-wise F1 0.61, volume
-difference 4.1 mL); ``ramp-test --quick-test`` 84 s, full ``ramp-test`` 537 s,
-peak memory 0.7 GB (measured with ``bench/bench_baselines.py`` on a busy
-machine; an idle one is faster).
+difference 4.1 mL); ``ramp-test --quick-test`` 79 s, full ``ramp-test`` 401 s,
+peak memory 0.6 GB (measured with ``bench/bench_baselines.py``).
 
 Try next
 --------
