@@ -185,6 +185,11 @@ def head_mask(volume):
     return volume > 0.1 * np.percentile(volume, 99)
 
 
+def z_score(volume, values):
+    """``volume`` in standard deviations from the mean of ``values``."""
+    return (volume - values.mean()) / max(float(values.std()), 1e-6)
+
+
 def template_on_grid(affine, shape, factor):
     """The MNI152 template on the data's grid, pooled and z-scored like an image.
 
@@ -201,11 +206,7 @@ def template_on_grid(affine, shape, factor):
         copy_header=True,
     ).get_fdata(dtype=np.float32)
     pooled = downsample(template, factor)
-    brain = pooled > 0.1 * np.percentile(pooled, 99)
-    values = pooled[brain]
-    return ((pooled - values.mean()) / max(float(values.std()), 1e-6)).astype(
-        np.float32
-    )
+    return z_score(pooled, pooled[head_mask(pooled)]).astype(np.float32)
 
 
 def prepare(volume, factor, template=None):
@@ -230,8 +231,8 @@ def prepare(volume, factor, template=None):
     image = np.stack(channels)
     head = head_mask(channels[0])
     if head.any():  # (a blank volume has nothing to normalize by)
-        values = channels[0][head]
-        image = (image - values.mean()) / max(float(values.std()), 1e-6)
+        # The mirror is scaled like the image, so that the two compare.
+        image = z_score(image, channels[0][head])
     else:
         image = np.zeros_like(image)
     if template is not None:
@@ -454,6 +455,8 @@ class SmallUNet:
         Pooling factor from the data's voxels to the working voxels.
     architecture_ : dict
         The arguments of :class:`UNet3D`.
+    data_shape_ : tuple of int
+        Shape of the training volumes; prediction needs the same grid.
     template_ : ndarray of float32 or None
         The MNI152 template on the working grid (with TEMPLATE_CHANNEL).
     threshold_ : float
@@ -500,6 +503,7 @@ class SmallUNet:
         device = pick_device(self.device)
 
         self.factor_ = working_factor(X.voxel_volume_ml)
+        self.data_shape_ = tuple(X.shape)
         start = time.perf_counter()
         self.template_ = (
             template_on_grid(X.affine, X.shape, self.factor_)
@@ -612,6 +616,12 @@ class SmallUNet:
 
         Shifted so that 0.5 is the decision threshold tuned in :meth:`fit`.
         """
+        if tuple(X.shape) != self.data_shape_:
+            raise ValueError(
+                f"small_cnn was trained on volumes of shape {self.data_shape_} "
+                f"but is asked to predict on {tuple(X.shape)}: train and predict "
+                "on the same grid."
+            )
         device = pick_device(self.device)
         network = self._trained_network(device)
         probabilities = np.zeros((len(X), *X.shape), dtype=np.float32)
