@@ -1,7 +1,6 @@
 """Predictions written as BIDS masks score exactly as ramp-test scores them."""
 
 import json
-import re
 
 import nibabel as nib
 import numpy as np
@@ -12,12 +11,10 @@ from atlas_ramp.export import export_predictions, main, score_predicted_masks
 
 from .test_ramp_cli import make_kit, ramp_command, run
 
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
 
 def retrain_test_scores(output: str) -> dict:
     """The 'test' row of ramp-test's 'Retrain scores' table."""
-    lines = ANSI.sub("", output).split("Retrain scores")[1].splitlines()
+    lines = output.split("Retrain scores")[1].splitlines()
     header = next(line for line in lines if line.strip().startswith("score"))
     test_row = next(line for line in lines if line.strip().startswith("test"))
     names, values = header.split()[1:], test_row.split()[1:]

@@ -40,7 +40,8 @@ def make_kit(folder: Path, data: Path, submissions=("starting_kit",)) -> Path:
     return folder
 
 
-def run(kit: Path, *args, quick=False):
+def run(kit: Path, *args, quick=False) -> str:
+    """Run a command in the kit (quick mode or not); its output, without colours."""
     env = dict(os.environ)
     env.pop("RAMP_TEST_MODE", None)
     if quick:
@@ -49,12 +50,24 @@ def run(kit: Path, *args, quick=False):
         list(args), cwd=kit, env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
+    return re.sub(r"\x1b\[[0-9;]*m", "", result.stdout)
+
+
+def quick_test(folder: Path, data: Path, submission: str) -> str:
+    """``ramp-test --submission <submission> --quick-test`` in a new kit; its output."""
+    kit = make_kit(folder, data, [submission])
+    return run(
+        kit,
+        ramp_command("ramp-test"),
+        "--submission",
+        submission,
+        "--quick-test",
+        quick=True,
+    )
 
 
 def bagged_test_dice(output: str) -> float:
     """The bagged test Dice printed by ``ramp-test`` (first score column)."""
-    output = re.sub(r"\x1b\[[0-9;]*m", "", output)  # drop the colours
     bagged = output.split("Bagged scores")[1]
     header = next(line for line in bagged.splitlines() if "dice" in line)
     assert header.split()[:2] == ["score", "dice"]

@@ -8,8 +8,8 @@ Two kinds of checks, both on the small 4 mm synthetic sample:
   range, a repeatable CPU run, and a fitted model that survives pickling.
 """
 
-import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import cloudpickle
 import numpy as np
@@ -21,7 +21,7 @@ from rampwf.utils.importing import import_module_from_source  # noqa: E402
 
 from atlas_ramp.volumes import MaskSequence, load_split  # noqa: E402
 
-from .test_ramp_cli import bagged_test_dice, make_kit, ramp_command, run  # noqa: E402
+from .test_ramp_cli import bagged_test_dice, quick_test  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SUBMISSION = REPO / "submissions" / "small_cnn"
@@ -29,12 +29,8 @@ SUBMISSION = REPO / "submissions" / "small_cnn"
 
 @pytest.mark.slow
 def test_ramp_test_quick_test_runs(small_sample, tmp_path):
-    kit = make_kit(tmp_path / "kit", small_sample, ["small_cnn"])
-    ramp_test = ramp_command("ramp-test")
-    output = run(
-        kit, ramp_test, "--submission", "small_cnn", "--quick-test", quick=True
-    )
-    assert "small_cnn: epoch  1/" in re.sub(r"\x1b\[[0-9;]*m", "", output)
+    output = quick_test(tmp_path / "kit", small_sample, "small_cnn")
+    assert "small_cnn: epoch  1/" in output  # the per-epoch progress line
     assert 0.0 <= bagged_test_dice(output) <= 1.0
 
 
@@ -152,3 +148,10 @@ def test_shift_probability_moves_the_threshold_to_one_half():
 def test_threshold_is_tuned_on_training_subjects(fitted):
     estimator, _ = fitted
     assert estimator.threshold_ in tiny_estimator_module().THRESHOLDS
+
+
+def test_predicting_on_another_grid_says_so(fitted):
+    estimator, _ = fitted
+    other_grid = SimpleNamespace(shape=(10, 10, 10))
+    with pytest.raises(ValueError, match="trained on volumes of shape"):
+        estimator.predict_proba(other_grid)

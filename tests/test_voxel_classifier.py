@@ -16,7 +16,7 @@ from rampwf.utils.importing import import_module_from_source
 
 from atlas_ramp.volumes import MaskSequence, load_split
 
-from .test_ramp_cli import bagged_test_dice, make_kit, ramp_command, run
+from .test_ramp_cli import bagged_test_dice, quick_test
 
 REPO = Path(__file__).resolve().parents[1]
 SUBMISSION = REPO / "submissions" / "voxel_classifier"
@@ -28,11 +28,7 @@ def load_submission():
 
 @pytest.mark.slow
 def test_ramp_test_quick_test_runs(small_sample, tmp_path):
-    kit = make_kit(tmp_path / "kit", small_sample, ["voxel_classifier"])
-    ramp_test = ramp_command("ramp-test")
-    output = run(
-        kit, ramp_test, "--submission", "voxel_classifier", "--quick-test", quick=True
-    )
+    output = quick_test(tmp_path / "kit", small_sample, "voxel_classifier")
     # It learns something: predicting nothing scores 0 here, the starting kit
     # below 0.1.
     assert 0.2 < bagged_test_dice(output) <= 1.0
