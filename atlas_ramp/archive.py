@@ -54,6 +54,7 @@ from pathlib import Path, PurePosixPath
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from tqdm.auto import tqdm
 
+from ._io import swap_into_place
 from .bids import DataError, Subject, find_subjects
 from .splits import stratified_holdout
 
@@ -941,46 +942,6 @@ def write_split_manifest(path: Path, rows: Iterable[tuple[str, str, str]]) -> Pa
     lines = ["subject\tcohort\tsplit", *("\t".join(row) for row in sorted(rows))]
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return Path(path)
-
-
-def swap_into_place(
-    new_root: Path, destination: Path, entries: Iterable[str], trash: Path
-) -> None:
-    """Move ``entries`` of ``new_root`` into ``destination``, replacing old ones.
-
-    Every step is a rename on one file system. Old entries (all of ``entries``
-    found in ``destination``, even those the new tree lacks) go to ``trash``; if
-    anything fails, everything is put back as it was.
-
-    Parameters
-    ----------
-    new_root : path
-        The complete new tree.
-    destination : path
-        The folder to update (created if needed).
-    entries : iterable of str
-        Names of the entries that belong to the installation.
-    trash : path
-        A new folder on the same file system, for the replaced entries.
-    """
-    destination.mkdir(parents=True, exist_ok=True)
-    trash.mkdir()
-    parked, placed = [], []
-    try:
-        for entry in entries:
-            if os.path.lexists(destination / entry):
-                os.rename(destination / entry, trash / entry)
-                parked.append(entry)
-        for entry in entries:
-            if os.path.lexists(new_root / entry):
-                os.rename(new_root / entry, destination / entry)
-                placed.append(entry)
-    except BaseException:
-        for entry in placed:
-            os.rename(destination / entry, new_root / entry)
-        for entry in parked:
-            os.rename(trash / entry, destination / entry)
-        raise
 
 
 def _locate_release_folder(root: Path, folder_name: str) -> Path | None:

@@ -24,7 +24,6 @@ Command line::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -35,9 +34,9 @@ import cloudpickle
 import nibabel as nib
 import numpy as np
 
+from ._io import atomic_path, object_array, write_dataset_description
 from .bids import DataError, mask_name, parse_entities, read_header
 from .masks import SparseMask
-from .predictions import object_array
 from .scores import atlas_score_types
 from .volumes import ImageSequence, load_masks, load_split
 from .workflow import LesionSegmentation, TrainedSubmission, predict_sparse
@@ -70,14 +69,8 @@ def _write_nifti(array: np.ndarray, reference: nib.Nifti1Image, target: Path) ->
     header.set_data_dtype(np.uint8)
     image = nib.Nifti1Image(array.astype(np.uint8), reference.affine, header)
     image.header.set_slope_inter(1, 0)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".nii.gz")
-    os.close(handle)
-    try:
+    with atomic_path(target) as temporary:
         nib.save(image, temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def export_predictions(
@@ -116,19 +109,15 @@ def export_predictions(
         tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent)
     )
     try:
-        description = {
-            "Name": f"Lesion masks predicted by the '{model.name}' submission",
-            "BIDSVersion": "1.8.0",
-            "DatasetType": "derivative",
-            "GeneratedBy": [
+        write_dataset_description(
+            staging,
+            f"Lesion masks predicted by the '{model.name}' submission",
+            GeneratedBy=[
                 {
                     "Name": "atlas_ramp.export",
                     "Description": f"RAMP submission '{model.name}', threshold 0.5",
                 }
             ],
-        }
-        (staging / "dataset_description.json").write_text(
-            json.dumps(description, indent=2) + "\n"
         )
         written = []
         batch = 4

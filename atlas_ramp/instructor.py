@@ -55,7 +55,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .archive import swap_into_place, write_dataset_description, write_split_manifest
+from ._io import swap_into_place
+from .archive import write_dataset_description, write_split_manifest
 from .bids import DataError, Subject, anat_dir, find_subjects
 from .splits import stratified_holdout
 

@@ -19,22 +19,13 @@ entries.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from rampwf.prediction_types.base import BasePrediction
 
+from ._io import atomic_path, object_array
 from .masks import SparseMask, SparseProba, mean_probabilities
-
-
-def object_array(items) -> np.ndarray:
-    """A 1D object array of ``items``, never broadcast into more dimensions."""
-    items = list(items)
-    array = np.empty(len(items), dtype=object)
-    array[:] = items
-    return array
 
 
 class Predictions(BasePrediction):
@@ -137,21 +128,15 @@ def save_sparse_probas(y_pred, path: Path | str) -> None:
     shape = np.array(reference.shape if reference else (0, 0, 0), dtype=np.int64)
     voxel_ml = np.array(reference.voxel_volume_ml if reference else 0.0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".npz.partial")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez_compressed(
-                stream,
-                counts=counts,
-                indices=indices,
-                levels=levels,
-                shape=shape,
-                voxel_volume_ml=voxel_ml,
-            )
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with atomic_path(path) as temporary, open(temporary, "wb") as stream:
+        np.savez_compressed(
+            stream,
+            counts=counts,
+            indices=indices,
+            levels=levels,
+            shape=shape,
+            voxel_volume_ml=voxel_ml,
+        )
 
 
 def load_sparse_probas(path: Path | str) -> np.ndarray:

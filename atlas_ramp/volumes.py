@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,9 +31,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ._io import atomic_path, atomic_write_text, object_array
 from .bids import DataError, Subject, check_split, find_subjects, read_header
 from .masks import SparseMask
-from .predictions import object_array
 
 CACHE_DIR_NAME = ".cache"
 _warned_read_only = set()
@@ -75,16 +74,10 @@ def _read_nifti(path: Path, dtype) -> np.ndarray:
         ) from error
 
 
-def _atomic_write(target: Path, write) -> None:
-    handle, temporary = tempfile.mkstemp(dir=target.parent, suffix=".partial")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-        os.replace(temporary, target)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+def _save_npy(target: Path, array: np.ndarray) -> None:
+    # Through an open stream: np.save would add ".npy" to the temporary name.
+    with atomic_path(target) as temporary, open(temporary, "wb") as stream:
+        np.save(stream, array)
 
 
 class VolumeCache:
@@ -139,10 +132,8 @@ class VolumeCache:
             self._warn_read_only()
             return volume
         try:
-            _atomic_write(array_file, lambda stream: np.save(stream, volume))
-            _atomic_write(
-                meta_file, lambda stream: stream.write(json.dumps(signature).encode())
-            )
+            _save_npy(array_file, volume)
+            atomic_write_text(meta_file, json.dumps(signature))
         except OSError:
             self._warn_read_only()
         return volume
@@ -271,10 +262,8 @@ def load_mask(subject: Subject, voxel_volume_ml: float, cache_dir=None) -> Spars
     mask = SparseMask.from_dense(_load_mask_array(path), voxel_volume_ml)
     if cache_dir is not None and VolumeCache(cache_dir)._usable():
         try:
-            _atomic_write(index_file, lambda stream: np.save(stream, mask.indices))
-            _atomic_write(
-                meta_file, lambda stream: stream.write(json.dumps(signature).encode())
-            )
+            _save_npy(index_file, mask.indices)
+            atomic_write_text(meta_file, json.dumps(signature))
         except OSError:
             pass
     return mask

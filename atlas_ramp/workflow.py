@@ -23,8 +23,8 @@ import os
 import numpy as np
 from rampwf.utils.importing import import_module_from_source
 
+from ._io import object_array
 from .masks import SparseProba
-from .predictions import object_array
 from .volumes import ImageSequence, MaskSequence
 
 #: Subjects per predict call: small, so that memory stays bounded.

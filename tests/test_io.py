@@ -1,0 +1,70 @@
+"""Safe writing (atlas_ramp._io): a final name holds a whole file or nothing new."""
+
+import json
+
+import numpy as np
+import pytest
+
+from atlas_ramp._io import (
+    atomic_path,
+    atomic_write_text,
+    object_array,
+    swap_into_place,
+    write_dataset_description,
+    write_tsv,
+)
+
+
+def test_atomic_path_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "scores.csv"
+    target.write_text("good\n")
+    with pytest.raises(RuntimeError), atomic_path(target) as temporary:
+        temporary.write_text("half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "good\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.csv"]
+
+
+def test_atomic_path_keeps_the_nifti_suffix(tmp_path):
+    with atomic_path(tmp_path / "mask.nii.gz") as temporary:
+        assert temporary.name.endswith(".nii.gz")
+        assert temporary.parent == tmp_path
+        temporary.write_bytes(b"x")
+    assert (tmp_path / "mask.nii.gz").read_bytes() == b"x"
+
+
+def test_writers(tmp_path):
+    atomic_write_text(tmp_path / "a.txt", "é\n")
+    assert (tmp_path / "a.txt").read_text(encoding="utf-8") == "é\n"
+    write_tsv(tmp_path / "t.tsv", ["subject", "cohort"], [("sub-r001s001", "R001")])
+    assert (tmp_path / "t.tsv").read_text() == "subject\tcohort\nsub-r001s001\tR001\n"
+    with pytest.raises(ValueError, match="2 columns"):
+        write_tsv(tmp_path / "bad.tsv", ["a", "b"], [(1,)])
+    assert not (tmp_path / "bad.tsv").exists()
+    path = write_dataset_description(tmp_path, "Sample", License="CC-BY")
+    content = json.loads(path.read_text())
+    assert content["Name"] == "Sample" and content["DatasetType"] == "derivative"
+    assert content["License"] == "CC-BY" and "BIDSVersion" in content
+
+
+def test_swap_into_place_moves_nothing_when_refused_then_swaps(tmp_path):
+    new, destination = tmp_path / "new", tmp_path / "data"
+    (new / "train").mkdir(parents=True)
+    (new / "train" / "new.txt").write_text("new")
+    (destination / "train").mkdir(parents=True)
+    (destination / "train" / "old.txt").write_text("old")
+    (destination / "test").mkdir()
+    # A trash folder that exists already: refused before anything moves.
+    (tmp_path / "trash").mkdir()
+    with pytest.raises(FileExistsError):
+        swap_into_place(new, destination, ["train", "test"], tmp_path / "trash")
+    assert (destination / "train" / "old.txt").read_text() == "old"
+    swap_into_place(new, destination, ["train", "test"], tmp_path / "trash2")
+    assert (destination / "train" / "new.txt").read_text() == "new"
+    assert not (destination / "test").exists()
+    assert (tmp_path / "trash2" / "test").is_dir()
+
+
+def test_object_array_never_broadcasts():
+    items = object_array([np.zeros(3), np.ones(3)])
+    assert items.shape == (2,) and items.dtype == object
