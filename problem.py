@@ -14,6 +14,7 @@ from atlas_ramp.predictions import (
 )
 from atlas_ramp.scores import Dice, LesionCountDifference, LesionF1, VolumeDifference
 from atlas_ramp.splits import CohortStratifiedShuffleSplit
+from atlas_ramp.testmode import is_quick_test
 from atlas_ramp.volumes import load_split
 from atlas_ramp.workflow import LesionSegmentation
 
@@ -33,7 +34,7 @@ score_types = [
 ]
 
 # `ramp-test --quick-test` sets RAMP_TEST_MODE: a few subjects and 2 folds.
-QUICK_TEST = os.getenv("RAMP_TEST_MODE", "") not in ("", "0")
+QUICK_TEST = is_quick_test()
 QUICK_N_TRAIN, QUICK_N_TEST = 12, 6
 
 

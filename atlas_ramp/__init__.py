@@ -10,7 +10,9 @@ One module per concept:
 * :mod:`atlas_ramp.splits`: cohort-aware hold-out and cross-validation;
 * :mod:`atlas_ramp.workflow`: how a submission is trained and run;
 * :mod:`atlas_ramp.synthetic`: the synthetic ATLAS-like sample;
-* :mod:`atlas_ramp.archive`: the real, encrypted ATLAS R2.0 archive.
+* :mod:`atlas_ramp.archive`: the real, encrypted ATLAS R2.0 archive;
+* :mod:`atlas_ramp.testmode`: whether ``ramp-test --quick-test`` is running;
+* :mod:`atlas_ramp._io`: safe writing (temporary name, then rename).
 """
 
 __version__ = "0.1.0"

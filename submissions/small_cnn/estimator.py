@@ -61,8 +61,10 @@ from nilearn.datasets import struct
 from nilearn.image import load_img, resample_img
 from torch import nn
 
+from atlas_ramp.testmode import is_quick_test
+
 # ``ramp-test --quick-test`` sets RAMP_TEST_MODE: train just enough to run.
-QUICK_TEST = os.getenv("RAMP_TEST_MODE", "0") != "0"
+QUICK_TEST = is_quick_test()
 
 # --- Training budget: the knobs to turn first --------------------------------
 EPOCHS = 2 if QUICK_TEST else 20

@@ -1,0 +1,40 @@
+"""``ramp-test --quick-test``, read in one place.
+
+``ramp-test --quick-test`` sets the environment variable ``RAMP_TEST_MODE=1``
+before it imports ``problem.py`` and the submission. The problem then loads a few
+subjects and runs 2 folds; a submission may train for fewer steps. Everything in
+the kit asks :func:`is_quick_test` rather than reading the variable itself, so
+that ``problem.py`` and every submission agree on what each value means.
+
+The rule: unset, empty, ``0``, ``false``, ``no`` or ``off`` (any case) is the full
+run; any other value is quick mode. ``RAMP_TEST_MODE=1 ramp-blend ...`` blends the
+2 folds that a quick ``ramp-test --save-output`` saved.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+#: The variable that ``ramp-test --quick-test`` sets.
+QUICK_TEST_VARIABLE = "RAMP_TEST_MODE"
+_FULL_RUN_VALUES = frozenset({"", "0", "false", "no", "off"})
+
+
+def is_quick_test(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process runs under ``ramp-test --quick-test``.
+
+    Parameters
+    ----------
+    environ : mapping, optional
+        The environment to read; ``os.environ`` by default.
+
+    Returns
+    -------
+    bool
+        True when ``RAMP_TEST_MODE`` is set to a value other than an empty
+        string, ``0``, ``false``, ``no`` or ``off``.
+    """
+    environ = os.environ if environ is None else environ
+    value = environ.get(QUICK_TEST_VARIABLE, "")
+    return value.strip().lower() not in _FULL_RUN_VALUES
