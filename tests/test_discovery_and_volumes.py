@@ -26,32 +26,7 @@ from atlas_ramp.volumes import (
     quick_subset,
 )
 
-SHAPE = (9, 10, 8)
-AFFINE = np.diag([4.0, 4.0, 4.0, 1.0])
-
-
-def write_subject(folder, subject_id, shape=SHAPE, affine=AFFINE, mask=True, seed=0):
-    """Write a tiny T1w (and mask) into ``folder``; returns (t1w, mask) paths."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    image = rng.random(shape).astype(np.float32)
-    t1w = folder / t1w_name(subject_id)
-    nib.save(nib.Nifti1Image(image, affine), t1w)
-    mask_path = None
-    if mask is not False:
-        values = np.zeros(shape, np.uint8) if mask is True else mask
-        if mask is True:
-            values[2:4, 2:4, 2:4] = 1
-        mask_path = folder / mask_name(subject_id)
-        nib.save(nib.Nifti1Image(values, affine), mask_path)
-    return t1w, mask_path
-
-
-def make_split(root, ids=("sub-r001s001", "sub-r001s002", "sub-r002s001")):
-    for seed, subject_id in enumerate(ids):
-        write_subject(anat_dir(root, subject_id), subject_id, seed=seed)
-    return root
-
+from .helpers import AFFINE, SHAPE, make_split, write_subject
 
 # ------------------------------------------------------------------ names
 

@@ -9,7 +9,7 @@ import pytest
 from atlas_ramp.bids import DataError, find_subjects, mask_name
 from atlas_ramp.export import export_predictions, main, score_predicted_masks
 
-from .test_ramp_cli import make_kit, ramp_command, run
+from .helpers import make_kit, ramp_command, run
 
 
 def retrain_test_scores(output: str) -> dict:

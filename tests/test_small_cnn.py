@@ -21,7 +21,7 @@ from rampwf.utils.importing import import_module_from_source  # noqa: E402
 
 from atlas_ramp.volumes import MaskSequence, load_split  # noqa: E402
 
-from .test_ramp_cli import bagged_test_dice, quick_test  # noqa: E402
+from .helpers import bagged_test_dice, quick_test  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SUBMISSION = REPO / "submissions" / "small_cnn"

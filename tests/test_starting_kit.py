@@ -8,7 +8,7 @@ from atlas_ramp.predictions import object_array
 from atlas_ramp.scores import Dice, LesionF1
 from atlas_ramp.volumes import MaskSequence, load_split
 
-from .test_ramp_cli import REPO
+from .helpers import REPO
 
 
 def test_starting_kit_beats_trivial_predictions(small_sample):

@@ -16,7 +16,7 @@ from rampwf.utils.importing import import_module_from_source
 
 from atlas_ramp.volumes import MaskSequence, load_split
 
-from .test_ramp_cli import bagged_test_dice, quick_test
+from .helpers import bagged_test_dice, quick_test
 
 REPO = Path(__file__).resolve().parents[1]
 SUBMISSION = REPO / "submissions" / "voxel_classifier"

@@ -9,7 +9,7 @@ from atlas_ramp.bids import anat_dir
 from atlas_ramp.volumes import load_split
 from atlas_ramp.workflow import LesionSegmentation, SubmissionError
 
-from .test_discovery_and_volumes import SHAPE, write_subject
+from .helpers import SHAPE, write_subject
 
 IDS = [f"sub-r00{c}s00{i}" for c in (1, 2) for i in (1, 2, 3)]
 
