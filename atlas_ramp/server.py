@@ -224,6 +224,7 @@ def build_data(
     synthetic: tuple[int, int] | None,
     seed: int = 0,
     downsample: int = 1,
+    n_cohorts: int = 3,
 ) -> None:
     """Write ``ramp-data/<problem>/data`` (train and test), via a rename."""
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -235,7 +236,13 @@ def build_data(
 
             n_train, n_test = synthetic
             build_sample(
-                data, n_train=n_train, n_test=n_test, seed=seed, downsample=downsample
+                data,
+                n_train=n_train,
+                n_test=n_test,
+                n_cohorts=n_cohorts,
+                seed=seed,
+                downsample=downsample,
+                progress=False,
             )
         else:
             for split in ("train", "test"):
@@ -301,6 +308,7 @@ def deploy(
     synthetic: tuple[int, int] | None = None,
     seed: int = 0,
     downsample: int = 1,
+    n_cohorts: int = 3,
     worker_env: Path | str | None = None,
     n_workers: int = 1,
     min_seconds_between_submissions: int = MIN_SECONDS_BETWEEN_SUBMISSIONS,
@@ -322,7 +330,7 @@ def deploy(
         ``ramp-data/atlas_stroke/data`` does not exist yet.
     synthetic : (int, int), optional
         Numbers of train and test subjects of a synthetic sample (demo course).
-    seed, downsample : int
+    seed, downsample, n_cohorts : int
         Of the synthetic sample.
     worker_env : path, optional
         The Python environment the conda-free worker runs ``ramp-test`` from.
@@ -386,7 +394,7 @@ def deploy(
         build_kit(kit_dir)
         log(f"Kit (no data) in {kit_dir}")
     if not data_dir.exists():
-        build_data(data_dir, private_data, synthetic, seed, downsample)
+        build_data(data_dir, private_data, synthetic, seed, downsample, n_cohorts)
         counts = check_course_data(data_dir)
         log(f"Data in {data_dir}: {counts['train']} train, {counts['test']} test")
     if event_config.exists():
@@ -472,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     dep.add_argument(
         "--downsample", type=int, default=1, help="of --synthetic (4: 4 mm voxels)"
     )
+    dep.add_argument("--n-cohorts", type=int, default=3, help="of --synthetic")
     dep.add_argument(
         "--worker-env",
         type=Path,
@@ -534,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
                 synthetic=tuple(args.synthetic) if args.synthetic else None,
                 seed=args.seed,
                 downsample=args.downsample,
+                n_cohorts=args.n_cohorts,
                 worker_env=args.worker_env,
                 n_workers=args.n_workers,
                 min_seconds_between_submissions=args.min_seconds_between_submissions,
