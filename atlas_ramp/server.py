@@ -365,6 +365,13 @@ def deploy(
     check_event_name(event)
     if private_data is not None and synthetic is not None:
         raise DeployError("Pass --private-data or --synthetic, not both.")
+    if n_workers < 1:
+        raise DeployError(f"--n-workers must be at least 1, got {n_workers}.")
+    if min_seconds_between_submissions < 0:
+        raise DeployError(
+            "--min-seconds-between-submissions must be 0 or more, got "
+            f"{min_seconds_between_submissions}."
+        )
     if worker_env is not None:
         worker_env = Path(worker_env).resolve()
         if not (worker_env / "bin" / "ramp-test").is_file():
@@ -407,7 +414,9 @@ def deploy(
         log(f"Event configuration in {event_config}")
 
     # 3. ramp-board's own deployment, then the course's rules.
-    _deploy_event(config, database, event_config, event, kit_dir)
+    if not _deploy_event(config, database, event_config, event, kit_dir):
+        log(f"Event {event} is in the database already: left as it is.")
+        return event_config
     _set_min_duration(database, event, min_seconds_between_submissions)
     log(
         f"Event {event} deployed: {counts['train']} train / {counts['test']} test "
@@ -418,14 +427,15 @@ def deploy(
 
 def _deploy_event(
     config: Path, database: dict, event_config: Path, event: str, kit_dir: Path
-) -> None:
+) -> bool:
+    """ramp-board's ``deploy-event --no-cloning``; False if the event exists."""
     from ramp_database.tools.event import get_event
     from ramp_database.utils import session_scope
     from ramp_utils.deploy import deploy_ramp_event
 
     with session_scope(database) as session:
         if get_event(session, event) is not None:
-            return  # deployed already: leave it as it is
+            return False
     # deploy-event runs `jupyter nbconvert`: find it beside this Python.
     bin_dir = str(Path(sys.executable).parent)
     os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
@@ -435,6 +445,7 @@ def _deploy_event(
     except ValueError as error:
         raise DeployError(f"ramp-board refused the event {event}: {error}") from error
     check_zip_has_no_data(kit_dir / "events_archived" / f"{event}.zip")
+    return True
 
 
 def _set_min_duration(database: dict, event: str, seconds: int) -> None:

@@ -217,6 +217,7 @@ def test_redeploying_changes_nothing(server, course):
         "--event", EVENT, "--title", "another title", "--synthetic", "4", "2"
     )  # fmt: skip
     assert "Keeping the existing data" in again.stdout
+    assert "in the database already" in again.stdout
     assert (kit_zip / f"{EVENT}.zip").stat().st_mtime_ns == zip_stat.st_mtime_ns
     assert server.event_config.read_text() == config_text
     assert (
