@@ -349,3 +349,19 @@ def test_dask_worker(server, course, reference, dask_cluster):
     bagged = pd.read_csv(reference / "bagged_scores.csv", index_col=[0, 1])
     got = answer["bagged"]["test/4"]["dice"]
     assert got == pytest.approx(bagged.loc[("test", 4), "dice"], abs=1e-9)
+
+
+def test_a_worker_without_ramp_test_is_a_checking_error(server, course, tmp_path):
+    """ramp-engine's dispatcher survives a bad worker environment (no conda)."""
+    sign_up(server, "dave", "dave-password")
+    submitted = server.client(
+        "submit", event=EVENT, team="dave", name="threshold_nowhere",
+        path=REPO / "submissions" / "starting_kit",
+    )  # fmt: skip
+    assert submitted == {"submitted": "threshold_nowhere"}
+    server.dispatch("--python-env", tmp_path / "no_such_env")
+    answer = server.client(
+        "results", event=EVENT, team="dave", name="threshold_nowhere"
+    )
+    assert answer["state"] == "checking_error"
+    assert "problem with sending your submission" in answer["error_msg"]
