@@ -36,6 +36,8 @@ from ramp_engine.local import CondaEnvWorker
 from ramp_engine.remote import DaskWorker, _check_dask_workers_single_machine
 from ramp_utils import read_config
 
+from .server import DeployError
+
 _REQUIRED = ("kit_dir", "data_dir", "submissions_dir", "logs_dir", "predictions_dir")
 
 
@@ -143,10 +145,17 @@ def dispatch(
     exit_when_done : bool
         Stop when no submission is left to train (else poll for new ones).
     """
-    settings = read_config(str(event_config)).get("dispatcher", {})
+    event = read_config(str(event_config))
+    settings = event.get("dispatcher", {})
     overrides = {}
     if python_env is not None:
         overrides["python_env"] = str(Path(python_env).resolve())
+    prefix = overrides.get("python_env", event.get("worker", {}).get("python_env"))
+    if not prefix:
+        raise DeployError(
+            f"{event_config} names no python_env (the workers' environment): pass "
+            "--python-env PREFIX, the environment where the kit is installed."
+        )
     if dask_scheduler is not None:
         overrides["dask_scheduler"] = dask_scheduler
     worker_class = VirtualenvDaskWorker if dask_scheduler else VirtualenvWorker

@@ -587,4 +587,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the importable module's main, so that its exceptions are the ones that
+    # atlas_ramp.ramp_worker raises (not copies defined in __main__).
+    from atlas_ramp.server import main as _main
+
+    raise SystemExit(_main())
