@@ -6,9 +6,9 @@ the same layout (``train/`` and ``test/``, ATLAS names inside):
 * the **private** data, on the server only: all labelled subjects, split into
   ``train`` (what submissions are trained on) and ``test`` (the private test set
   that ranks them);
-* the **public** data, shipped to students with the kit: a subset of the private
-  ``train`` only, itself split into ``train`` and ``test`` for local
-  ``ramp-test``. No private test subject may ever be in it.
+* the **public** data, for students: a subset of the private ``train`` only,
+  itself split into ``train`` and ``test`` for local ``ramp-test``. No private
+  test subject may ever be in it.
 
 Every split is seeded and cohort-stratified (:func:`~atlas_ramp.splits.
 stratified_holdout`), so the same command always gives the same folders. Files are
@@ -16,26 +16,32 @@ hard-linked where the file system allows (no extra space), else copied. Both
 folders are built beside their final place and moved there by renames at the
 end, as :func:`atlas_ramp.archive.install_atlas` does.
 
-The RAMP-board convention
--------------------------
-ramp-board knows an event by two folders: the kit, ``<ramp_kits>/<problem>``
-(what students clone: ``problem.py``, ``submissions/``, and the public data in
-``data/``), and the data, ``<ramp_data>/<problem>``, kept on the server, whose
-``data/`` holds the private data. ``problem.py`` reads ``<path>/data/train`` and
-``<path>/data/test`` in both cases; the server trains on the private ``train`` and
-scores on the private ``test``. So pass the two ``data`` folders::
+On a RAMP server (ramp-board)
+-----------------------------
+ramp-board knows an event by two folders: the kit, ``<ramp-kits>/<problem>``
+(``problem.py``, ``submissions/``, the notebook), and the data,
+``<ramp-data>/<problem>``, whose ``data/`` holds the private data.
+``ramp setup deploy-event`` zips the kit folder and ramp-frontend serves that zip
+**to anyone, without login**: the kit folder must hold no data at all, neither
+the private nor the public one. So write the two folders outside the deployment,
+then let ``python -m atlas_ramp.server deploy --private-data`` place the private
+one in ``ramp-data`` (it refuses a kit folder holding any NIfTI file)::
 
     python -m atlas_ramp.instructor --source data_full \\
-        --private ramp_data/atlas_stroke/data \\
-        --public ramp_kits/atlas_stroke/data --seed 0
+        --private course/private --public course/public --seed 0
+    python -m atlas_ramp.server deploy --deployment-dir /srv/ramp \\
+        --event atlas_stroke_course --title "..." --private-data course/private
+
+The server trains on the private ``train`` and ranks on the private ``test``.
+Give ``course/public`` to students separately (a course drive, a signed
+download), once each has signed the ATLAS data use agreement; they put its
+``train`` and ``test`` in their kit's ``data/`` folder. Never publish it, never
+put it in the kit folder, a repository or the starting-kit zip.
 
 ``--source`` is a folder of labelled subjects: the output of
 ``python download_data.py --atlas`` (its ``train`` and ``test`` are pooled, its
 ``unlabelled`` ignored), an ``ATLAS_2`` or ``ATLAS_2/Training`` folder, or any
 folder :func:`~atlas_ramp.bids.find_subjects` reads.
-
-Mind the ATLAS data use agreement: the public data is still ATLAS data; give it
-only to students who signed the agreement, never in a public repository.
 
 Outputs, besides the splits (each with a ``dataset_description.json``):
 ``split_manifest.tsv`` (``subject, cohort, split``) in both folders, and, in the
@@ -302,9 +308,11 @@ def build_course_data(
     source : path
         Labelled subjects (see :func:`labelled_subjects`).
     private_dir : path
-        The server's data folder, ``<ramp_data>/<problem>/data``.
+        The server's data folder (``python -m atlas_ramp.server deploy
+        --private-data`` places it in ``<ramp-data>/<problem>/data``).
     public_dir : path
-        The kit's data folder, ``<ramp_kits>/<problem>/data``.
+        The students' data folder, handed out separately under the data use
+        agreement; never inside ``<ramp-kits>``, which ramp-frontend serves.
     seed, private_test_fraction, public_fraction, public_test_fraction
         See :func:`split_course`.
     force : bool
@@ -418,10 +426,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--source", type=Path, required=True, help="labelled subjects")
     parser.add_argument(
-        "--private", type=Path, required=True, help="<ramp_data>/<problem>/data"
+        "--private",
+        type=Path,
+        required=True,
+        help="the server's data (then: atlas_ramp.server deploy --private-data)",
     )
     parser.add_argument(
-        "--public", type=Path, required=True, help="<ramp_kits>/<problem>/data"
+        "--public",
+        type=Path,
+        required=True,
+        help="the students' data, handed out under the data use agreement; never "
+        "inside ramp-kits/, which ramp-frontend serves to anyone",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument(

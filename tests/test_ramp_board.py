@@ -1,0 +1,367 @@
+"""A course on a real RAMP server: ramp-board 0.10.1 and PostgreSQL, end to end.
+
+The instructor deploys an event with ``python -m atlas_ramp.server deploy`` on a
+small synthetic sample, signs two students up with ramp-board's own commands;
+the students submit through ramp-board's database API; the conda-free dispatcher
+(``python -m atlas_ramp.server dispatch``) trains the submissions with this
+environment's ``ramp-test``. The database must then hold exactly the scores
+``ramp-test`` gives on the same data, the leaderboard must show them, a broken
+submission must be a ``training_error`` with its message, and the starting kit
+served without login must hold no image. One submission also goes through
+ramp-engine's ``dask`` worker on a ``LocalCluster``.
+
+ramp-board lives in its own environment (``requirements-server.txt``, built once
+and cached, see :mod:`tests.ramp_board_setup`); PostgreSQL is a throwaway cluster
+on 127.0.0.1. Without PostgreSQL the tests are skipped, except in CI
+(``CI=true``), where they fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from .ramp_board_setup import (
+    PostgresUnavailable,
+    ThrowawayPostgres,
+    build_server_venv,
+    write_database_config,
+)
+from .test_ramp_cli import REPO, make_kit, ramp_command, run
+
+pytestmark = pytest.mark.slow
+
+EVENT = "atlas_stroke_test_course"
+STUDENTS = {"alice": "alice-password", "bob": "bob-password"}
+BROKEN_MESSAGE = "broken on purpose: this fit refuses to learn"
+SCORES = ("dice", "lesion_f1", "volume_diff_ml", "lesion_count_diff")
+CLIENT = Path(__file__).with_name("ramp_board_client.py")
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def server_env() -> dict:
+    """The environment of every server-side process: this repository's kit first."""
+    env = dict(os.environ)
+    env.pop("RAMP_TEST_MODE", None)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    return env
+
+
+class Server:
+    """The deployment: the server's Python, its folder, its configuration files."""
+
+    def __init__(self, python: Path, deployment: Path, config: Path):
+        self.python, self.deployment, self.config = python, deployment, config
+        self.event_config = deployment / "events" / EVENT / "config.yml"
+
+    def run(self, *args, check=True, timeout=600) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [str(self.python), *map(str, args)],
+            cwd=self.deployment,
+            env=server_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check:
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result
+
+    def ramp(self, *args):
+        """ramp-board's own command line (``ramp database ...``)."""
+        return self.run(self.python.parent / "ramp", *args)
+
+    def client(self, command, **options) -> dict:
+        flags = [f"--{key}={value}" for key, value in options.items()]
+        result = self.run(CLIENT, command, f"--config={self.config}", *flags)
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
+    def deploy(self, *args, check=True):
+        return self.run(
+            "-m", "atlas_ramp.server", "deploy", "--deployment-dir", self.deployment,
+            *args, check=check,
+        )  # fmt: skip
+
+    def dispatch(self, *args):
+        return self.run(
+            "-m", "atlas_ramp.server", "dispatch", "--config", self.config,
+            "--event-config", self.event_config, "--exit-when-done", *args,
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    try:
+        with ThrowawayPostgres() as server:
+            yield server
+    except PostgresUnavailable as error:
+        if in_ci():
+            pytest.fail(f"CI must run the ramp-board tests: {error}")
+        pytest.skip(f"PostgreSQL cannot be started here: {error}")
+
+
+@pytest.fixture(scope="module")
+def server(postgres, tmp_path_factory):
+    python = build_server_venv()
+    deployment = tmp_path_factory.mktemp("ramp_deployment")
+    config = write_database_config(deployment, postgres.sqlalchemy)
+    return Server(python, deployment, config)
+
+
+def unlabelled_copy(data: Path, folder: Path) -> Path:
+    """The sample without its masks: data a server cannot grade on."""
+    shutil.copytree(data, folder, ignore=shutil.ignore_patterns("*_mask.nii.gz"))
+    return folder
+
+
+def deployed_files(deployment: Path) -> list[str]:
+    return sorted(
+        str(path.relative_to(deployment))
+        for path in deployment.rglob("*")
+        if path.name != "config.yml" or path.parent != deployment
+    )
+
+
+def test_bad_arguments_write_nothing(server, small_sample, tmp_path):
+    before = deployed_files(server.deployment)
+    worker_env = sys.prefix
+    wrong_event = server.deploy(
+        "--event", "stroke_course", "--title", "t", "--private-data", small_sample,
+        "--worker-env", worker_env, check=False,
+    )  # fmt: skip
+    assert wrong_event.returncode == 1
+    assert "--event 'stroke_course'" in wrong_event.stderr
+    assert "atlas_stroke_" in wrong_event.stderr
+    no_database = server.deploy(
+        "--event", EVENT, "--title", "t", "--private-data", small_sample,
+        "--config", tmp_path / "missing.yml", check=False,
+    )  # fmt: skip
+    assert no_database.returncode == 1
+    assert "No database configuration" in no_database.stderr
+    assert "ramp setup init" in no_database.stderr
+    unlabelled = unlabelled_copy(small_sample, tmp_path / "unlabelled")
+    no_masks = server.deploy(
+        "--event", EVENT, "--title", "t", "--private-data", unlabelled, check=False
+    )
+    assert no_masks.returncode == 1
+    assert "has no lesion mask" in no_masks.stderr
+    assert "atlas_ramp.instructor" in no_masks.stderr
+    assert deployed_files(server.deployment) == before
+
+
+@pytest.fixture(scope="module")
+def course(server, small_sample):
+    """The deployed event, two students, and what they submitted, trained."""
+    start = time.perf_counter()
+    server.deploy(
+        "--event", EVENT, "--title", "ATLAS course (test)",
+        "--private-data", small_sample, "--worker-env", sys.prefix,
+    )  # fmt: skip
+    for login, password in STUDENTS.items():
+        sign_up(server, login, password)
+    kit = REPO / "submissions" / "starting_kit"
+    broken = Path(str(server.deployment) + "_broken_fit")
+    broken.mkdir()
+    (broken / "estimator.py").write_text(
+        "class Broken:\n"
+        "    def fit(self, X, y):\n"
+        f"        raise RuntimeError({BROKEN_MESSAGE!r})\n\n\n"
+        "def get_estimator():\n"
+        "    return Broken()\n"
+    )
+    answers = {
+        "first": server.client(
+            "submit", event=EVENT, team="alice", name="threshold", path=kit
+        ),
+        "too_early": server.client(
+            "submit", event=EVENT, team="alice", name="broken_fit", path=broken
+        ),
+        "broken": server.client(
+            "submit", event=EVENT, team="bob", name="broken_fit", path=broken
+        ),
+    }
+    dispatched = time.perf_counter()
+    server.dispatch("--n-workers", "2")
+    answers["dispatch_seconds"] = time.perf_counter() - dispatched
+    answers["seconds"] = time.perf_counter() - start
+    return answers
+
+
+@pytest.fixture(scope="module")
+def reference(small_sample, tmp_path_factory):
+    """``ramp-test --save-output`` on the same data and submission."""
+    kit = make_kit(tmp_path_factory.mktemp("reference"), small_sample)
+    run(kit, ramp_command("ramp-test"), "--submission", "starting_kit", "--save-output")
+    return kit / "submissions" / "starting_kit" / "training_output"
+
+
+def test_redeploying_changes_nothing(server, course):
+    kit_zip = server.deployment / "ramp-kits" / "atlas_stroke" / "events_archived"
+    zip_stat = (kit_zip / f"{EVENT}.zip").stat()
+    config_text = server.event_config.read_text()
+    again = server.deploy(
+        "--event", EVENT, "--title", "another title", "--synthetic", "4", "2"
+    )  # fmt: skip
+    assert "Keeping the existing data" in again.stdout
+    assert "in the database already" in again.stdout
+    assert (kit_zip / f"{EVENT}.zip").stat().st_mtime_ns == zip_stat.st_mtime_ns
+    assert server.event_config.read_text() == config_text
+    assert (
+        server.client("results", event=EVENT, team="alice", name="threshold")["state"]
+        == "scored"
+    )
+
+
+def test_database_scores_equal_ramp_test(server, course, reference):
+    assert course["first"] == {"submitted": "threshold"}
+    answer = server.client("results", event=EVENT, team="alice", name="threshold")
+    assert answer["state"] == "scored", answer["error_msg"]
+    folds = sorted(reference.glob("fold_*"))
+    assert len(folds) == 5
+    for fold, folder in enumerate(folds):
+        expected = pd.read_csv(folder / "scores.csv", index_col=0)
+        for step in ("train", "valid", "test"):
+            for score in SCORES:
+                value = expected.loc[step, score]
+                got = answer["folds"][f"{fold}/{step}"][score]
+                assert got == pytest.approx(value, abs=1e-9), (fold, step, score)
+    bagged = pd.read_csv(reference / "bagged_scores.csv", index_col=[0, 1])
+    for (step, n_bag), row in bagged.iterrows():
+        for score in SCORES:
+            value = row[score]
+            got = answer["bagged"][f"{step}/{n_bag}"][score]
+            assert got == pytest.approx(value, abs=1e-9), (step, n_bag, score)
+    print(
+        "bagged test Dice: database",
+        answer["bagged"]["test/4"]["dice"],
+        "ramp-test",
+        bagged.loc[("test", 4), "dice"],
+    )
+
+
+def test_broken_submission_is_a_training_error(server, course):
+    assert "wait" in course["too_early"]["refused"]  # 900 s between submissions
+    assert course["broken"] == {"submitted": "broken_fit"}
+    answer = server.client("results", event=EVENT, team="bob", name="broken_fit")
+    assert answer["state"] == "training_error"
+    assert "Traceback" in answer["error_msg"]
+    assert BROKEN_MESSAGE in answer["error_msg"]
+
+
+def test_leaderboard_shows_the_score_and_the_kit_holds_no_data(server, course):
+    scores = server.client("results", event=EVENT, team="alice", name="threshold")
+    answer = server.client(
+        "frontend", event=EVENT, team="alice", password=STUDENTS["alice"]
+    )
+    assert answer["download_status"] == 200  # served without login ...
+    files = answer["kit_files"]
+    assert "problem.py" in files and "atlas_stroke_starting_kit.ipynb" in files
+    assert "submissions/starting_kit/estimator.py" in files
+    assert not [name for name in files if name.endswith((".nii", ".nii.gz"))]
+    assert not [name for name in files if name.startswith("data/")]
+    assert answer["anonymous_leaderboard_status"] == 302  # ... the leaderboard not
+    assert answer["leaderboard_status"] == 200
+    html = answer["leaderboard_html"]
+    public_dice = round(scores["bagged"]["valid/4"]["dice"], 3)
+    # The public leaderboard: team, submission, then the bagged validation Dice.
+    cells = re.findall(r"<td>([^<]*)</td>", html)
+    row = cells.index("threshold")
+    assert cells[row - 1] == "alice"
+    assert float(cells[row + 1]) == public_dice
+
+
+def test_deploy_refuses_a_kit_with_images(server, course, small_sample):
+    kit = server.deployment / "ramp-kits" / "atlas_stroke"
+    image = next(small_sample.rglob("*_T1w.nii.gz"))
+    (kit / "data").mkdir()
+    shutil.copy(image, kit / "data" / image.name)
+    try:
+        refused = server.deploy(
+            "--event", "atlas_stroke_second_course", "--title", "t", check=False
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(kit / "data")
+    assert refused.returncode == 1
+    assert image.name in refused.stderr and "data use agreement" in refused.stderr
+    assert not (kit / "events_archived" / "atlas_stroke_second_course.zip").exists()
+
+
+@pytest.fixture
+def dask_cluster(server):
+    """A dask LocalCluster on 127.0.0.1 in the server's environment; its address."""
+    process = subprocess.Popen(
+        [str(server.python), str(CLIENT.with_name("ramp_board_cluster.py"))],
+        cwd=server.deployment,  # ramp-engine writes its logs in the current folder
+        env=server_env(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        address = process.stdout.readline().strip()
+        assert address.startswith("tcp://127.0.0.1:"), address
+        yield address
+    finally:
+        process.stdin.close()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def sign_up(server, login, password):
+    """A student account, approved and signed up to the event (ramp-board's CLI)."""
+    config = ("--config", server.config)
+    server.ramp(
+        "database", "add-user", *config, "--login", login, "--password", password,
+        "--lastname", login.title(), "--firstname", "Student",
+        "--email", f"{login}@localhost",
+    )  # fmt: skip
+    server.ramp("database", "approve-user", *config, "--login", login)
+    server.ramp("database", "sign-up-team", *config, "--event", EVENT, "--team", login)
+
+
+def test_dask_worker(server, course, reference, dask_cluster):
+    sign_up(server, "carol", "carol-password")
+    submitted = server.client(
+        "submit", event=EVENT, team="carol", name="threshold_dask",
+        path=REPO / "submissions" / "starting_kit",
+    )  # fmt: skip
+    assert submitted == {"submitted": "threshold_dask"}
+    server.dispatch("--dask-scheduler", dask_cluster)
+    answer = server.client("results", event=EVENT, team="carol", name="threshold_dask")
+    assert answer["state"] == "scored", answer["error_msg"]
+    bagged = pd.read_csv(reference / "bagged_scores.csv", index_col=[0, 1])
+    got = answer["bagged"]["test/4"]["dice"]
+    assert got == pytest.approx(bagged.loc[("test", 4), "dice"], abs=1e-9)
+
+
+def test_a_worker_without_ramp_test_is_a_checking_error(server, course, tmp_path):
+    """ramp-engine's dispatcher survives a bad worker environment (no conda)."""
+    sign_up(server, "dave", "dave-password")
+    submitted = server.client(
+        "submit", event=EVENT, team="dave", name="threshold_nowhere",
+        path=REPO / "submissions" / "starting_kit",
+    )  # fmt: skip
+    assert submitted == {"submitted": "threshold_nowhere"}
+    server.dispatch("--python-env", tmp_path / "no_such_env")
+    answer = server.client(
+        "results", event=EVENT, team="dave", name="threshold_nowhere"
+    )
+    assert answer["state"] == "checking_error"
+    assert "problem with sending your submission" in answer["error_msg"]
