@@ -93,20 +93,6 @@ def check_split(subjects: list[Subject]) -> tuple[tuple[int, int, int], np.ndarr
                 break
         else:
             grids.append([shape, affine, [subject]])
-        if subject.mask_path is not None:
-            mask_shape, mask_affine = _header_grid(subject.mask_path)
-            if mask_shape != shape:
-                raise DataError(
-                    f"{subject.mask_path} has shape {mask_shape} but its T1w image "
-                    f"has {shape}. The mask must be on the image's grid."
-                )
-            if not same_grid(mask_shape, mask_affine, shape, affine):
-                raise DataError(
-                    f"{subject.mask_path} has a different affine than its T1w image "
-                    f"{subject.t1w_path} ({describe_grid(mask_shape, mask_affine)} vs "
-                    f"{describe_grid(shape, affine)}). The mask must be on the "
-                    "image's grid."
-                )
     shape, affine, members = max(grids, key=lambda grid: len(grid[2]))
     reference = members[0]
     if len(grids) > 1:
@@ -133,6 +119,24 @@ def check_split(subjects: list[Subject]) -> tuple[tuple[int, int, int], np.ndarr
             f"the kit expects {''.join(ORIENTATION)}, the orientation of {SPACE}: "
             "reorient them (nibabel.as_closest_canonical) and their masks alike."
         )
+    # All images share the reference grid now; each mask must be on it too.
+    for subject in subjects:
+        if subject.mask_path is None:
+            continue
+        mask_shape, mask_affine = _header_grid(subject.mask_path)
+        if mask_shape != shape:
+            raise DataError(
+                f"{subject.mask_path} has shape {mask_shape} but its T1w image "
+                f"{subject.t1w_path} has {shape}. The mask must be on the image's "
+                "grid: rebuild or resample it (nearest neighbour)."
+            )
+        if not same_grid(mask_shape, mask_affine, shape, affine):
+            raise DataError(
+                f"{subject.mask_path} has a different affine than its T1w image "
+                f"{subject.t1w_path} ({describe_grid(mask_shape, mask_affine)} vs "
+                f"{describe_grid(shape, affine)}). The mask must be on the "
+                "image's grid: rebuild or resample it (nearest neighbour)."
+            )
     return shape, affine
 
 

@@ -72,7 +72,15 @@ def _cache_stem(cache_dir: Path, path: Path) -> Path:
 def _read_nifti(path: Path, dtype) -> np.ndarray:
     """Decode a NIfTI volume; any failure is a DataError naming the file."""
     try:
-        volume = nib.load(str(path)).get_fdata(dtype=np.float32)
+        image = nib.load(str(path))
+        if image.get_data_dtype().kind == "c":
+            raise DataError(
+                f"{path} holds complex numbers ({image.get_data_dtype()}); a T1w "
+                "image or a mask holds real numbers: save its magnitude instead."
+            )
+        volume = image.get_fdata(dtype=np.float32)
+    except DataError:
+        raise
     except Exception as error:  # truncated gzip, bad header, odd dtype...
         reason = " ".join(str(error).split()).rstrip(".")  # nibabel's has newlines
         raise DataError(
