@@ -1,4 +1,4 @@
-"""ATLAS v2.0 stroke-lesion segmentation on T1-weighted MRI: the RAMP problem.
+"""ATLAS v2.0 stroke-lesion segmentation on T1w MRI: the RAMP problem.
 
 Given a T1w MRI registered to MNI152NLin2009aSym (1 mm, 197 x 233 x 189), predict
 the mask of the chronic stroke lesion(s). Submissions are ranked by Dice, averaged
@@ -12,7 +12,7 @@ from atlas_ramp.predictions import (
     load_sparse_probas,
     save_sparse_probas,
 )
-from atlas_ramp.scores import Dice, LesionCountDifference, LesionF1, VolumeDifference
+from atlas_ramp.scores import atlas_score_types
 from atlas_ramp.splits import CohortStratifiedShuffleSplit
 from atlas_ramp.testmode import is_quick_test
 from atlas_ramp.volumes import load_split
@@ -25,13 +25,9 @@ problem_title = "Stroke lesion segmentation on T1w MRI (ATLAS v2.0)"
 # submissions/<name>/estimator.py defines get_estimator() -> fit / predict(_proba).
 workflow = LesionSegmentation(workflow_element_names=["estimator"])
 
-# Per-subject scores averaged over subjects; the first one ranks the leaderboard.
-score_types = [
-    Dice(name="dice"),
-    LesionF1(name="lesion_f1"),
-    VolumeDifference(name="volume_diff_ml"),
-    LesionCountDifference(name="lesion_count_diff"),
-]
+# Per-subject scores averaged over subjects; the first one ranks the leaderboard:
+# dice, lesion_f1, volume_diff_ml, lesion_count_diff (atlas_ramp/scores.py).
+score_types = atlas_score_types()
 
 # `ramp-test --quick-test` sets RAMP_TEST_MODE: a few subjects and 2 folds.
 QUICK_TEST = is_quick_test()
@@ -41,6 +37,7 @@ QUICK_N_TRAIN, QUICK_N_TEST = 12, 6
 def get_cv(X, y):
     """New subjects from known cohorts, as in the ATLAS hidden test set.
 
+    Subjects are drawn, not sessions: all sessions of a subject stay on one side.
     To mirror the generalizability set (unseen sites) instead, use
     ``atlas_ramp.splits.LeaveCohortsOut(n_splits=...)``.
     """
@@ -57,9 +54,14 @@ def get_train_data(path="."):
 
 
 def get_test_data(path="."):
-    """Lazy T1w volumes and sparse masks of ``<path>/data/test``."""
+    """Lazy T1w volumes and sparse masks of ``<path>/data/test``.
+
+    Refused before any training when it is not on the grid of ``data/train``, or
+    shares subjects with it.
+    """
     n = QUICK_N_TEST if QUICK_TEST else None
-    return load_split(os.path.join(path, "data"), "test", max_subjects=n)
+    data = os.path.join(path, "data")
+    return load_split(data, "test", max_subjects=n, same_grid_as="train")
 
 
 def save_y_pred(y_pred, data_path=".", output_path=".", suffix="test"):
@@ -69,4 +71,15 @@ def save_y_pred(y_pred, data_path=".", output_path=".", suffix="test"):
 
 def load_y_pred(data_path=".", input_path=".", suffix="test"):
     """Read predictions written by :func:`save_y_pred`."""
-    return load_sparse_probas(os.path.join(input_path, f"y_pred_{suffix}.npz"))
+    path = os.path.join(input_path, f"y_pred_{suffix}.npz")
+    if not os.path.exists(path):
+        # ramp-blend reads as many folds as get_cv makes now: 5, or 2 when
+        # RAMP_TEST_MODE is set, as `ramp-test --quick-test` does.
+        runs = "ramp-test --quick-test" if QUICK_TEST else "ramp-test (5 folds)"
+        raise FileNotFoundError(
+            f"{path} does not exist: ramp-blend expects the saved outputs of "
+            f"{runs} --save-output for this submission. To blend quick runs, set "
+            "the variable --quick-test sets: `RAMP_TEST_MODE=1 ramp-blend ...`; "
+            "otherwise run `ramp-test --submission <name> --save-output` first."
+        )
+    return load_sparse_probas(path)

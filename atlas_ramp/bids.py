@@ -10,6 +10,20 @@ subject within it. Discovery works from these names alone, so the same code find
 subjects in the release layout (``ATLAS_2/Training/R001/sub-.../ses-1/anat/``), in
 a BIDS derivatives layout (``derivatives/ATLAS/sub-*/ses-*/anat/``) and in the
 kit's own layout (``data/train/R001/sub-.../ses-1/anat/``).
+
+Rules for data that is not exactly ATLAS-shaped (each has a test):
+
+* **Pairing.** A lesion mask (``*_desc-T1lesion_mask``, any ``label``) belongs to
+  the T1w image with the same ``sub``, ``ses`` and ``space`` entities. Only images
+  in ``space-MNI152NLin2009aSym`` are used; others beside them (raw data, native
+  space) are ignored. A subject that has no image in that space, or whose mask is
+  in another space than its image, is refused with a message saying what was found.
+* **Sessions.** Every session of a subject is an entry (its own image and mask);
+  entries share the ``subject_id``, and the kit's cross-validation keeps all
+  sessions of a subject on the same side (:mod:`atlas_ramp.splits`).
+* **Cohorts.** ATLAS names carry their cohort. For other names (``sub-001``), the
+  cohort comes from the ``cohort`` column of a ``participants.tsv`` in the split
+  folder (or below it); one value for every subject if the data come from one site.
 """
 
 from __future__ import annotations
@@ -19,13 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
-import numpy as np
+import pandas as pd
 
 SPACE = "MNI152NLin2009aSym"
 SESSION = "1"
 T1W_SUFFIX = "T1w"
 MASK_ENTITIES = "label-L_desc-T1lesion"
 MASK_SUFFIX = "mask"
+MASK_DESC = "T1lesion"
 
 _SUBJECT_RE = re.compile(r"^r(?P<cohort>\d+)s(?P<index>\d+)$")
 _ENTITY_RE = re.compile(r"(?P<key>[a-zA-Z]+)-(?P<value>[a-zA-Z0-9]+)")
@@ -110,12 +125,12 @@ def parse_entities(path: Path | str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Subject:
-    """One subject of a split: where its files are and who it is.
+    """One entry of a split (a subject's session): where its files are, who it is.
 
     Attributes
     ----------
     subject_id : str
-        ``sub-r001s001``.
+        ``sub-r001s001``; shared by the sessions of one subject.
     cohort : str
         ``R001``.
     session : str
@@ -137,6 +152,68 @@ def _is_hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
+def _space_name(entities: dict) -> str:
+    space = entities.get("space")
+    return f"'{space}'" if space else "none (no space- entity: native or raw data)"
+
+
+def _read_participant_cohorts(root: Path) -> dict[str, str]:
+    """``participant_id -> cohort`` from the ``participants.tsv`` files under root."""
+    cohorts: dict[str, str] = {}
+    for table in sorted(root.rglob("participants.tsv")):
+        if _is_hidden(table, root):
+            continue
+        try:
+            rows = pd.read_csv(table, sep="\t", dtype=str)
+        except Exception as error:  # pandas raises several types
+            raise DataError(f"Cannot read {table}: {error}.") from error
+        if not {"participant_id", "cohort"} <= set(rows.columns):
+            continue
+        pairs = zip(rows["participant_id"], rows["cohort"], strict=True)
+        for participant, cohort in pairs:
+            participant = f"sub-{str(participant).removeprefix('sub-')}"
+            if participant in cohorts and cohorts[participant] != cohort:
+                raise DataError(
+                    f"{table} gives {participant} the cohort {cohort!r}, another "
+                    f"participants.tsv gives {cohorts[participant]!r}: keep one."
+                )
+            cohorts[participant] = cohort
+    return cohorts
+
+
+def _cohort_for(sub: str, image: Path, root: Path, table: dict[str, str]) -> str:
+    if _SUBJECT_RE.match(sub):
+        return cohort_of(sub)
+    cohort = table.get(f"sub-{sub}")
+    if cohort is None or pd.isna(cohort) or not str(cohort).strip():
+        raise DataError(
+            f"{image}: subject sub-{sub} does not follow the ATLAS naming "
+            "'sub-r<cohort>s<subject>' (e.g. sub-r001s001), so its cohort (site) is "
+            "unknown, and no participants.tsv under "
+            f"{root} gives it one. Add {root / 'participants.tsv'} with the columns "
+            "participant_id and cohort, one line per subject (e.g. "
+            f"'sub-{sub}<TAB>siteA'); if all subjects come from one site, give them "
+            "all the same cohort."
+        )
+    return str(cohort).strip()
+
+
+def _pick_in_space(
+    found: list[tuple[dict, Path]], what: str, sub: str, ses: str
+) -> Path | None:
+    """The one file of ``found`` in the kit's space (None if there is none)."""
+    in_space = [path for entities, path in found if entities.get("space") == SPACE]
+    if len(in_space) > 1:
+        listed = " and ".join(str(path) for path in in_space)
+        raise DataError(
+            f"Two {what} files for subject sub-{sub} session {ses} in space {SPACE}: "
+            f"{listed}. They have the same sub, ses and space entities, so the kit "
+            "cannot tell which one to use: point it to a folder that holds only one "
+            "of them (e.g. the derivatives folder of one pipeline)."
+        )
+    return in_space[0] if in_space else None
+
+
 def find_subjects(root: Path | str) -> list[Subject]:
     """Find all subjects below ``root`` by their BIDS file names.
 
@@ -150,14 +227,17 @@ def find_subjects(root: Path | str) -> list[Subject]:
     Returns
     -------
     list of Subject
-        Sorted by subject ID. Every subject has a mask, or none has (an
-        unlabelled split).
+        One per subject and session, sorted by subject ID then session. Every
+        entry has a mask, or none has (an unlabelled split).
 
     Raises
     ------
     DataError
-        No T1w image under ``root``, a mask without its T1w image, two images for
-        one subject, or a split where some subjects are labelled and others not.
+        No T1w image under ``root``; a subject with no T1w image in
+        MNI152NLin2009aSym space, or whose mask is in another space; a mask
+        without its image; two images (or masks) with the same entities; a split
+        where some subjects are labelled and others not; a subject whose cohort
+        is unknown. The message names the file.
     """
     root = Path(root)
     if not root.is_dir():
@@ -165,58 +245,74 @@ def find_subjects(root: Path | str) -> list[Subject]:
             f"{root} does not exist. Build the synthetic sample with "
             "`python download_data.py`, or point to your ATLAS folder."
         )
-    images: dict[tuple[str, str], Path] = {}
-    masks: dict[tuple[str, str], Path] = {}
-    for path in sorted(root.rglob("sub-*.nii.gz")):
-        if _is_hidden(path, root):
+    images: dict[tuple[str, str], list[tuple[dict, Path]]] = {}
+    masks: dict[tuple[str, str], list[tuple[dict, Path]]] = {}
+    for path in sorted(root.rglob("sub-*.nii*")):
+        if _is_hidden(path, root) or not path.name.endswith((".nii", ".nii.gz")):
             continue
         entities = parse_entities(path)
-        key = (entities["sub"], entities.get("ses", SESSION))
         if entities["suffix"] == T1W_SUFFIX:
             target = images
-        elif entities["suffix"] == MASK_SUFFIX and entities.get("desc") == ("T1lesion"):
+        elif entities["suffix"] == MASK_SUFFIX and entities.get("desc") == MASK_DESC:
             target = masks
         else:
-            continue
-        if key in target:
-            raise DataError(
-                f"Two files for subject sub-{key[0]} session {key[1]}: "
-                f"{target[key]} and {path}. Keep one of them."
-            )
-        target[key] = path
+            continue  # other images and masks (brain masks, FLAIR...) are not ours
+        key = (entities["sub"], entities.get("ses", SESSION))
+        target.setdefault(key, []).append((entities, path))
     if not images:
         raise DataError(
             f"No T1w image (sub-*_T1w.nii.gz) found under {root}. Build the "
             "synthetic sample with `python download_data.py`, or check the path."
         )
-    orphans = sorted(set(masks) - set(images))
-    if orphans:
-        sub, ses = orphans[0]
+    pairs: dict[tuple[str, str], tuple[Path, Path | None]] = {}
+    for key in sorted(set(images) | set(masks)):
+        sub, ses = key
+        image = _pick_in_space(images.get(key, []), "T1w", sub, ses)
+        mask = _pick_in_space(masks.get(key, []), "lesion mask", sub, ses)
+        if image is None and key not in images:
+            _, orphan = masks[key][0]
+            raise DataError(
+                f"Lesion mask {orphan} has no T1w image beside it "
+                f"(expected {t1w_name(sub, ses)}). Restore the image, or move the "
+                "mask out of this folder."
+            )
+        if image is None:
+            found = "; ".join(
+                f"{path} (space {_space_name(entities)})"
+                for entities, path in images[key] + masks.get(key, [])
+            )
+            raise DataError(
+                f"Subject sub-{sub} session {ses} has no T1w image in space {SPACE}; "
+                f"found: {found}. The kit expects images registered to {SPACE} as "
+                f"ATLAS is ({t1w_name(sub, ses)}), and a mask in the same space as "
+                "its image. Register the image to that template, or point the kit to "
+                "the folder of registered images."
+            )
+        if mask is None and key in masks:
+            entities, other = masks[key][0]
+            raise DataError(
+                f"Lesion mask {other} is in space {_space_name(entities)} but its T1w "
+                f"image {image} is in space '{SPACE}': a mask pairs with the image of "
+                f"the same sub, ses and space. Expected {mask_name(sub, ses)}, in "
+                f"space {SPACE}."
+            )
+        pairs[key] = (image, mask)
+    labelled = [key for key, (_, mask) in pairs.items() if mask is not None]
+    if labelled and len(labelled) != len(pairs):
+        sub, ses = next(key for key, (_, mask) in pairs.items() if mask is None)
         raise DataError(
-            f"Lesion mask {masks[(sub, ses)]} has no T1w image beside it "
-            f"(expected {t1w_name(sub, ses)}). Restore the image or remove the mask."
-        )
-    labelled = [key for key in images if key in masks]
-    if labelled and len(labelled) != len(images):
-        missing = sorted(set(images) - set(masks))
-        sub, ses = missing[0]
-        raise DataError(
-            f"{len(labelled)} of {len(images)} subjects under {root} have a lesion "
-            f"mask, but sub-{sub} (image {images[(sub, ses)]}) has none. A split is "
+            f"{len(labelled)} of {len(pairs)} subjects under {root} have a lesion "
+            f"mask, but sub-{sub} (image {pairs[(sub, ses)][0]}) has none. A split is "
             "either fully labelled or fully unlabelled: add the missing masks or "
             "move the unlabelled subjects to their own folder."
         )
+    cohort_table = None
     subjects = []
-    for sub, ses in sorted(images):
-        subjects.append(
-            Subject(
-                subject_id=f"sub-{sub}",
-                cohort=cohort_of(sub),
-                session=ses,
-                t1w_path=images[(sub, ses)],
-                mask_path=masks.get((sub, ses)),
-            )
-        )
+    for (sub, ses), (image, mask) in sorted(pairs.items()):
+        if cohort_table is None and not _SUBJECT_RE.match(sub):
+            cohort_table = _read_participant_cohorts(root)
+        cohort = _cohort_for(sub, image, root, cohort_table or {})
+        subjects.append(Subject(f"sub-{sub}", cohort, ses, image, mask))
     return subjects
 
 
@@ -229,53 +325,3 @@ def read_header(path: Path) -> nib.Nifti1Image:
             f"Cannot read {path}: {error}. The file is unreadable or not NIfTI; "
             "download or rebuild it (`python download_data.py --force`)."
         ) from error
-
-
-def check_split(subjects: list[Subject]) -> tuple[tuple[int, int, int], np.ndarray]:
-    """Check headers of a split: one shape, masks on their image's grid.
-
-    Only headers are read, so this is cheap even for hundreds of subjects.
-
-    Returns
-    -------
-    shape : tuple of int
-        The common volume shape.
-    affine : ndarray of shape (4, 4)
-        The affine of the first subject (ATLAS images share the MNI grid).
-
-    Raises
-    ------
-    DataError
-        Naming the file whose shape or affine does not match.
-    """
-    shape = affine = None
-    first = None
-    for subject in subjects:
-        image = read_header(subject.t1w_path)
-        if len(image.shape) != 3:
-            raise DataError(
-                f"{subject.t1w_path} has shape {image.shape}; a 3D T1w volume is "
-                "expected."
-            )
-        if shape is None:
-            shape, affine, first = tuple(image.shape), image.affine, subject.t1w_path
-        elif tuple(image.shape) != shape:
-            raise DataError(
-                f"{subject.t1w_path} has shape {tuple(image.shape)} but {first} has "
-                f"{shape}: all volumes of a split must share the MNI grid. Resample "
-                "or remove this subject."
-            )
-        if subject.mask_path is not None:
-            mask = read_header(subject.mask_path)
-            if tuple(mask.shape) != tuple(image.shape):
-                raise DataError(
-                    f"{subject.mask_path} has shape {tuple(mask.shape)} but its "
-                    f"T1w image has {tuple(image.shape)}. The mask must be on the "
-                    "image's grid."
-                )
-            if not np.allclose(mask.affine, image.affine, atol=1e-3):
-                raise DataError(
-                    f"{subject.mask_path} has a different affine than its T1w image "
-                    f"{subject.t1w_path}. The mask must be on the image's grid."
-                )
-    return shape, np.asarray(affine)

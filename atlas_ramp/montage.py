@@ -1,13 +1,15 @@
 """A quick look at a split: three slices through each subject's lesion.
 
-One row per subject: sagittal, coronal and axial slices through the centre of
-mass of the lesion mask, the T1w image in grey and the mask outlined in red.
-Run it on the synthetic sample or on real ATLAS data::
+One row per subject: sagittal, coronal and axial slices through the lesion (its
+centre of mass, or the nearest lesion voxel), the T1w image in grey and the mask
+outlined in red. Run it on the synthetic sample or on real ATLAS data::
 
     python -m atlas_ramp.montage data/train --output montage.png --max-subjects 12
 
-Images are shown in the neurological convention: the subject's left is on the
-left of coronal and axial slices (``L`` and ``R`` mark the sides).
+The slices are drawn by nilearn (``plot_anat`` and ``add_contours``), which
+places them by world coordinates: left and right come from each image's affine,
+not from the order of its voxels, and the ``L``/``R`` letters are nilearn's.
+Images are shown in the neurological convention (the subject's left on the left).
 """
 
 from __future__ import annotations
@@ -24,11 +26,6 @@ from .bids import find_subjects
 CONVENTION = "Neurological convention: the subject's left is on the image's left."
 
 
-def _read(path) -> tuple[np.ndarray, np.ndarray]:
-    image = nib.load(str(path))
-    return np.asarray(image.dataobj, dtype=np.float32), image.affine
-
-
 def _lesion_centre(mask: np.ndarray) -> np.ndarray:
     """Voxel nearest the lesion's centre of mass (the volume's centre if none)."""
     if not mask.any():
@@ -40,17 +37,6 @@ def _lesion_centre(mask: np.ndarray) -> np.ndarray:
         voxels = np.argwhere(mask)
         centre = voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))]
     return centre
-
-
-def _brain_box(t1: np.ndarray, margin: int = 2) -> tuple:
-    """Slices of the box around the non-zero voxels, with a margin."""
-    nonzero = np.nonzero(t1 > 0)
-    if not nonzero[0].size:
-        return tuple(slice(0, n) for n in t1.shape)
-    return tuple(
-        slice(max(int(ix.min()) - margin, 0), min(int(ix.max()) + margin + 1, n))
-        for ix, n in zip(nonzero, t1.shape, strict=True)
-    )
 
 
 def render_montage(split_dir, output, max_subjects: int = 12, dpi: int = 110) -> Path:
@@ -76,96 +62,49 @@ def render_montage(split_dir, output, max_subjects: int = 12, dpi: int = 110) ->
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from nilearn import plotting
 
     subjects = find_subjects(split_dir)[:max_subjects]
     if not subjects:
         raise ValueError(f"No subject found under {split_dir}.")
-    # Crop all panels to the first brain's box: subjects share the MNI grid.
-    first, _ = _read(subjects[0].t1w_path)
-    crop = _brain_box(first)
-    crop_shape = [c.stop - c.start for c in crop]
-    # Panel widths follow the slices' shapes, so all panels share one scale.
-    widths = [crop_shape[1], crop_shape[0], crop_shape[0]]
-    tallest = max(crop_shape[2], crop_shape[1])
-    width_inches, label_inches, title_inches = 8.0, 1.2, 0.5
-    scale = (width_inches - label_inches) / sum(widths)
-    row_inches = tallest * scale + 0.05
-    figure, axes = plt.subplots(
-        len(subjects),
-        3,
-        figsize=(width_inches, row_inches * len(subjects) + title_inches),
-        squeeze=False,
-        facecolor="black",
-        gridspec_kw={"width_ratios": widths},
-    )
-    for row, subject in zip(axes, subjects, strict=True):
-        t1, affine = _read(subject.t1w_path)
+    width_inches, label_share, row_inches, title_inches = 8.0, 0.15, 2.2, 0.35
+    height = row_inches * len(subjects) + title_inches
+    figure = plt.figure(figsize=(width_inches, height), facecolor="black")
+    row_share = row_inches / height
+    for row, subject in enumerate(subjects):
+        t1 = nib.load(str(subject.t1w_path))
+        mask_image = None
+        mask = np.zeros(t1.shape, dtype=bool)
         if subject.mask_path is not None:
-            mask = _read(subject.mask_path)[0] > 0.5
-        else:
-            mask = np.zeros(t1.shape, dtype=bool)
-        centre = _lesion_centre(mask)
-        world = affine[:3, :3] @ centre + affine[:3, 3]
-        voxel_ml = abs(np.linalg.det(affine[:3, :3])) / 1000
-        brain = t1[t1 > 0]
-        low, high = np.percentile(brain, [0.5, 99.5]) if brain.size else (0, 1)
-        t1, mask = t1[crop], mask[crop]
-        i, j, k = (
-            int(np.clip(c - b.start, 0, n - 1))
-            for c, b, n in zip(centre, crop, crop_shape, strict=True)
+            mask_image = nib.load(str(subject.mask_path))
+            mask = np.asarray(mask_image.dataobj) > 0.5
+        # The cut in millimetres: nilearn finds the slices from the affine.
+        centre_mm = nib.affines.apply_affine(t1.affine, _lesion_centre(mask))
+        bottom = 1 - title_inches / height - (row + 1) * row_share
+        axes = figure.add_axes((label_share, bottom, 1 - label_share, row_share))
+        display = plotting.plot_anat(
+            t1,
+            cut_coords=centre_mm,
+            display_mode="ortho",
+            figure=figure,
+            axes=axes,
+            draw_cross=False,
+            annotate=True,
+            black_bg=True,
+            dim=0,
+            colorbar=False,
         )
-        # Slices are transposed so that their first axis runs horizontally;
-        # origin="lower" puts superior/anterior up and +x (right) on the right.
-        views = [
-            (f"sagittal x = {world[0]:.0f} mm", t1[i, :, :], mask[i, :, :], False),
-            (f"coronal y = {world[1]:.0f} mm", t1[:, j, :], mask[:, j, :], True),
-            (f"axial z = {world[2]:.0f} mm", t1[:, :, k], mask[:, :, k], True),
-        ]
-        for axis, (title, image, outline, left_right) in zip(row, views, strict=True):
-            axis.imshow(
-                image.T,
-                cmap="gray",
-                vmin=low,
-                vmax=high,
-                origin="lower",
-                interpolation="nearest",
-            )
-            if outline.any():
-                axis.contour(
-                    outline.T.astype(float), levels=[0.5], colors="red", linewidths=0.8
-                )
-            # Titles inside the panels, so rows of unequal heights line up.
-            axis.text(
-                0.5,
-                image.shape[1] - 1,
-                title,
-                color="white",
-                fontsize=6.5,
-                ha="left",
-                va="top",
-            )
-            if left_right:
-                middle = image.shape[1] / 2
-                axis.text(0.5, middle, "L", color="yellow", fontsize=7, ha="left")
-                axis.text(
-                    image.shape[0] - 1.5,
-                    middle,
-                    "R",
-                    color="yellow",
-                    fontsize=7,
-                    ha="right",
-                )
-            axis.set_axis_off()
-        volume = mask.sum() * voxel_ml
+        if mask.any():
+            display.add_contours(mask_image, levels=[0.5], colors="red", linewidths=0.8)
+        voxel_ml = abs(np.linalg.det(t1.affine[:3, :3])) / 1000
         label = f"{subject.subject_id}\n{subject.cohort}\n"
-        label += f"{volume:.2f} mL" if subject.mask_path is not None else "no mask"
-        row[0].text(
-            -0.05,
-            0.5,
+        label += f"{mask.sum() * voxel_ml:.2f} mL" if mask_image else "no mask"
+        figure.text(
+            label_share - 0.01,
+            bottom + row_share / 2,
             label,
             color="white",
             fontsize=7.5,
-            transform=row[0].transAxes,
             ha="right",
             va="center",
         )
@@ -173,14 +112,8 @@ def render_montage(split_dir, output, max_subjects: int = 12, dpi: int = 110) ->
         f"{Path(split_dir)}: T1w, lesion mask in red. {CONVENTION}",
         color="white",
         fontsize=8,
-    )
-    figure.subplots_adjust(
-        left=label_inches / width_inches,
-        right=0.995,
-        top=1 - title_inches / figure.get_figheight(),
-        bottom=0.005,
-        wspace=0.02,
-        hspace=0.1,
+        y=1 - 0.1 * title_inches / height,
+        va="top",
     )
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,11 @@ questions need two kinds of split:
 * *Does it work on sites it has never seen?* This is what the generalizability
   set measures (11 new cohorts). :class:`LeaveCohortsOut` keeps whole cohorts out
   of training.
+
+Both split *subjects*: when a subject has several sessions (entries with the same
+``X.subject_ids``), all of them fall on the same side of every fold. Neither ever
+yields an empty training or validation fold: too little data is a
+:class:`~atlas_ramp.bids.DataError` that says so.
 """
 
 from __future__ import annotations
@@ -19,6 +24,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+from sklearn.model_selection import GroupKFold
+
+from .bids import DataError
+
+#: Stratum of the cohorts that have a single subject (see CohortStratifiedShuffleSplit).
+POOLED_STRATUM = "<cohorts of one subject>"
 
 
 def _per_cohort_counts(cohorts: np.ndarray, fraction: float, rng) -> dict:
@@ -81,18 +92,36 @@ def stratified_holdout(
     return sorted(train), sorted(test)
 
 
+def _subjects_and_cohorts(X, groups) -> tuple[np.ndarray, np.ndarray]:
+    """Subject and cohort of each entry: ``groups`` (cohorts) or ``X.cohorts``."""
+    cohorts = np.asarray(X.cohorts if groups is None else groups)
+    subjects = getattr(X, "subject_ids", None)
+    if subjects is None or len(subjects) != len(cohorts):
+        subjects = np.arange(len(cohorts))  # no IDs: every entry its own subject
+    return np.asarray(subjects), cohorts
+
+
 class CohortStratifiedShuffleSplit:
     """Shuffle splits where each cohort is split in the same proportion.
 
     Mirrors the ATLAS hidden test set: validation subjects are new, their
-    cohorts are not.
+    cohorts are not. Subjects, not entries, are drawn: all sessions of a subject
+    go to the same side.
+
+    Why not scikit-learn's ``StratifiedShuffleSplit(y=cohorts)``? It refuses any
+    cohort of a single subject ("The least populated class in y has only 1
+    member"), which small samples and real multi-site data have, and it knows
+    nothing of sessions. Here cohorts of one subject are pooled into one stratum
+    (:data:`POOLED_STRATUM`), split in the same proportion; so such a subject
+    may be validated without any training subject of its cohort, as a new site.
 
     Parameters
     ----------
     n_splits : int
         Number of folds.
     test_size : float
-        Share of subjects in each validation fold.
+        Share of subjects in each validation fold, in (0, 1); at least one
+        subject is validated, and at least one trains.
     random_state : int
         Seed; folds are reproducible.
     """
@@ -106,68 +135,85 @@ class CohortStratifiedShuffleSplit:
         return self.n_splits
 
     def split(self, X, y=None, groups=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(train_indices, valid_indices)``.
+        """Yield ``(train_indices, valid_indices)``, never empty.
 
         Parameters
         ----------
-        X : sequence
-            Anything with a length; only used when ``groups`` is None.
+        X : ImageSequence or anything with ``cohorts`` (and ``subject_ids``)
+            The entries to split.
         groups : sequence of str, optional
-            The cohort of each subject; defaults to ``X.cohorts``.
+            The cohort of each entry; defaults to ``X.cohorts``.
+
+        Raises
+        ------
+        DataError
+            Fewer than two subjects.
         """
-        cohorts = np.asarray(X.cohorts if groups is None else groups)
+        if not 0 < self.test_size < 1:
+            raise ValueError(f"test_size must be in (0, 1), got {self.test_size}.")
+        entry_subjects, entry_cohorts = _subjects_and_cohorts(X, groups)
+        subjects, first_entry = np.unique(entry_subjects, return_index=True)
+        if subjects.size < 2:
+            raise DataError(
+                f"Cross-validation needs at least 2 subjects, the data has "
+                f"{subjects.size}: add subjects to the training folder."
+            )
+        cohorts = entry_cohorts[first_entry]
+        names, sizes = np.unique(cohorts, return_counts=True)
+        singletons = set(names[sizes == 1])
+        strata = np.array([POOLED_STRATUM if c in singletons else c for c in cohorts])
         rng = np.random.default_rng(self.random_state)
-        all_indices = np.arange(len(cohorts))
         for _ in range(self.n_splits):
-            counts = _per_cohort_counts(cohorts, self.test_size, rng)
-            valid = []
-            for cohort, count in counts.items():
-                members = all_indices[cohorts == cohort]
-                valid.extend(rng.permutation(members)[:count].tolist())
-            valid = np.sort(np.asarray(valid, dtype=int))
-            train = np.setdiff1d(all_indices, valid)
-            yield train, valid
+            counts = _per_cohort_counts(strata, self.test_size, rng)
+            valid_subjects = []
+            for stratum, count in counts.items():
+                members = subjects[strata == stratum]
+                valid_subjects.extend(rng.permutation(members)[:count].tolist())
+            if not valid_subjects:
+                # Only when the share rounds to no subject: validate one subject
+                # of the largest stratum (it keeps training subjects).
+                largest = max(counts, key=lambda name: np.sum(strata == name))
+                valid_subjects = [rng.choice(subjects[strata == largest])]
+            is_valid = np.isin(entry_subjects, valid_subjects)
+            yield np.flatnonzero(~is_valid), np.flatnonzero(is_valid)
 
 
 class LeaveCohortsOut:
     """Folds that hold out whole cohorts, mirroring the generalizability set.
 
-    Cohorts are dealt to folds so that fold sizes (in subjects) stay balanced.
+    A thin, named wrapper around scikit-learn's ``GroupKFold`` with the cohorts
+    as groups: cohorts, largest first, are dealt to the fold that has the fewest
+    subjects so far, so fold sizes stay balanced. Equivalent to
+    ``GroupKFold(n_splits).split(X, groups=X.cohorts)``. No cohort (hence no
+    subject, nor any of its sessions) is on both sides.
 
     Parameters
     ----------
     n_splits : int
-        Number of folds; at most the number of cohorts.
-    random_state : int
-        Seed for breaking ties between cohorts of equal size.
+        Number of folds: at least 2, at most the number of cohorts.
     """
 
-    def __init__(self, n_splits: int = 5, random_state=42):
+    def __init__(self, n_splits: int = 5):
         self.n_splits = n_splits
-        self.random_state = random_state
 
     def get_n_splits(self, X=None, y=None, groups=None) -> int:
         return self.n_splits
 
     def split(self, X, y=None, groups=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(train_indices, valid_indices)``; no cohort is on both sides."""
+        """Yield ``(train_indices, valid_indices)``; no cohort is on both sides.
+
+        Raises
+        ------
+        DataError
+            Fewer cohorts than folds.
+        """
         cohorts = np.asarray(X.cohorts if groups is None else groups)
-        names, sizes = np.unique(cohorts, return_counts=True)
-        if len(names) < self.n_splits:
-            raise ValueError(
+        n_cohorts = np.unique(cohorts).size
+        if n_cohorts < self.n_splits:
+            raise DataError(
                 f"LeaveCohortsOut needs at least {self.n_splits} cohorts, the data "
-                f"has {len(names)}: lower n_splits."
+                f"has {n_cohorts}: lower n_splits."
             )
-        rng = np.random.default_rng(self.random_state)
-        # Largest cohorts first, each to the currently smallest fold.
-        order = np.lexsort((rng.random(len(names)), -sizes))
-        fold_sizes = np.zeros(self.n_splits, dtype=int)
-        fold_of_cohort = {}
-        for position in order:
-            fold = int(np.argmin(fold_sizes))
-            fold_of_cohort[names[position]] = fold
-            fold_sizes[fold] += sizes[position]
-        folds = np.array([fold_of_cohort[c] for c in cohorts])
-        all_indices = np.arange(len(cohorts))
-        for fold in range(self.n_splits):
-            yield all_indices[folds != fold], all_indices[folds == fold]
+        # X is only counted: pass a plain range so that nothing is loaded.
+        positions = np.arange(len(cohorts))
+        yield from GroupKFold(n_splits=self.n_splits).split(positions, groups=cohorts)

@@ -3,7 +3,13 @@
 ``X`` is an :class:`ImageSequence`: it behaves like a sequence of float32 3D
 arrays, but holds only file names. ``X[i]`` reads one volume; ``X[[0, 3, 5]]``
 (or a boolean mask, or a slice) gives another lazy sequence. Memory does not grow
-with the number of subjects.
+with the number of subjects. As for an array, ``X.shape`` is
+``(n_subjects, *X.volume_shape)``, so scikit-learn's splitters accept ``X``;
+``np.asarray(X)`` refuses (it would load every volume at once).
+
+Every volume is checked when it is first decoded: a truncated or unreadable file,
+NaN or infinite voxels raise a :class:`~atlas_ramp.bids.DataError` naming the
+file (a data problem, never the submission's fault).
 
 Decoding a gzip-compressed NIfTI on the 1 mm ATLAS grid takes a fraction of a
 second; cross-validation and training epochs read the same volumes many times. So
@@ -32,7 +38,8 @@ import nibabel as nib
 import numpy as np
 
 from ._io import atomic_path, atomic_write_text, object_array
-from .bids import DataError, Subject, check_split, find_subjects, read_header
+from .bids import DataError, Subject, find_subjects, read_header
+from .grids import check_same_grid, check_split
 from .masks import SparseMask
 
 CACHE_DIR_NAME = ".cache"
@@ -63,15 +70,35 @@ def _cache_stem(cache_dir: Path, path: Path) -> Path:
 
 
 def _read_nifti(path: Path, dtype) -> np.ndarray:
+    """Decode a NIfTI volume; any failure is a DataError naming the file."""
     try:
-        return np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32), dtype=dtype)
+        image = nib.load(str(path))
+        if image.get_data_dtype().kind == "c":
+            raise DataError(
+                f"{path} holds complex numbers ({image.get_data_dtype()}); a T1w "
+                "image or a mask holds real numbers: save its magnitude instead."
+            )
+        volume = image.get_fdata(dtype=np.float32)
     except DataError:
         raise
-    except Exception as error:  # truncated gzip, bad header, ...
+    except Exception as error:  # truncated gzip, bad header, odd dtype...
+        reason = " ".join(str(error).split()).rstrip(".")  # nibabel's has newlines
         raise DataError(
-            f"Cannot read {path}: {error}. The file is truncated or corrupted; "
-            "download or rebuild it (`python download_data.py --force`)."
+            f"Cannot read {path} ({type(error).__name__}: {reason}). The file is "
+            "truncated or corrupted, or not a plain NIfTI volume; download or "
+            "rebuild it (`python download_data.py --force`)."
         ) from error
+    if volume.ndim != 3:
+        raise DataError(f"{path} has shape {volume.shape}; a 3D volume is expected.")
+    finite = np.isfinite(volume)
+    if not finite.all():
+        n_bad = int(volume.size - np.count_nonzero(finite))
+        raise DataError(
+            f"{path} has {n_bad} voxel(s) that are NaN or infinite (of "
+            f"{volume.size}; after the header's scaling). Images must hold finite "
+            "numbers: fix or rebuild the file, or remove the subject."
+        )
+    return np.asarray(volume, dtype=dtype)
 
 
 def _save_npy(target: Path, array: np.ndarray) -> None:
@@ -146,8 +173,8 @@ class ImageSequence(Sequence):
     ----------
     subjects : list of Subject
         The subjects, in order.
-    shape : tuple of int
-        The common volume shape.
+    volume_shape : tuple of int
+        The common volume shape (the grid).
     affine : ndarray of shape (4, 4)
         The common voxel-to-world affine (MNI152NLin2009aSym).
     cache_dir : path or None
@@ -159,11 +186,13 @@ class ImageSequence(Sequence):
     >>> volume = X[0]                                # one float32 3D array
     >>> X_fold = X[[0, 2, 5]]                        # another lazy sequence
     >>> X_fold.subject_ids, X_fold.cohorts           # who they are
+    >>> X.shape == (len(X), *X.volume_shape)         # as for an array
+    True
     """
 
-    def __init__(self, subjects, shape, affine, cache_dir=None):
+    def __init__(self, subjects, volume_shape, affine, cache_dir=None):
         self.subjects = list(subjects)
-        self.shape = tuple(shape)
+        self.volume_shape = tuple(int(n) for n in volume_shape)
         self.affine = np.asarray(affine, dtype=float)
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self._cache = VolumeCache(self.cache_dir)
@@ -198,19 +227,44 @@ class ImageSequence(Sequence):
         else:
             positions = np.arange(len(self.subjects))[np.asarray(index)]
             chosen = [self.subjects[i] for i in np.atleast_1d(positions)]
-        return ImageSequence(chosen, self.shape, self.affine, self.cache_dir)
+        return ImageSequence(chosen, self.volume_shape, self.affine, self.cache_dir)
 
     def __iter__(self):
         for position in range(len(self)):
             yield self[position]
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(n_subjects, *volume_shape)``, as the array ``X`` stands for."""
+        return (len(self), *self.volume_shape)
+
+    def __array__(self, dtype=None, copy=None):
+        # Without this, numpy would iterate and stack every volume: 655 subjects
+        # at 1 mm are 23 GB. Refuse, and say what to do instead.
+        raise TypeError(
+            f"X is a lazy sequence of {len(self)} volumes of shape "
+            f"{self.volume_shape}; np.asarray(X) would load them all at once "
+            f"({len(self) * np.prod(self.volume_shape) * 4 / 1e9:.1f} GB as float32). "
+            "Read one volume at a time with X[i] (or X[indices] for a lazy subset); "
+            "if you really want them all: np.stack([X[i] for i in range(len(X))])."
+        )
+
     def __repr__(self) -> str:
-        return f"ImageSequence({len(self)} subjects, shape={self.shape})"
+        return f"ImageSequence({len(self)} subjects, volume_shape={self.volume_shape})"
 
     @property
     def subject_ids(self) -> np.ndarray:
-        """Subject IDs (``sub-r001s001``), as an array of str."""
+        """Subject IDs (``sub-r001s001``), as an array of str.
+
+        The sessions of one subject share its ID: use it as ``groups`` to keep
+        them together (the kit's cross-validation does).
+        """
         return np.array([s.subject_id for s in self.subjects])
+
+    @property
+    def sessions(self) -> np.ndarray:
+        """Session of each entry (``1`` for ATLAS), as an array of str."""
+        return np.array([s.session for s in self.subjects])
 
     @property
     def cohorts(self) -> np.ndarray:
@@ -344,7 +398,39 @@ def quick_subset(X: ImageSequence, n_subjects: int) -> np.ndarray:
     return np.sort(np.asarray(chosen, dtype=int))
 
 
-def load_split(data_dir: Path | str, split: str, max_subjects: int | None = None):
+def check_against_split(X: ImageSequence, split_dir: Path | str, name: str) -> None:
+    """Refuse ``X`` if it is not on the grid of another split, or shares subjects.
+
+    Reads the headers of the other split's first subject only (that split checks
+    its own subjects when it is loaded).
+
+    Raises
+    ------
+    DataError
+        Naming both grids, or the subjects found in both splits.
+    """
+    split_dir = Path(split_dir)
+    others = find_subjects(split_dir)
+    reference = read_header(others[0].t1w_path)
+    check_same_grid(
+        (str(split_dir), tuple(reference.shape), reference.affine),
+        (name, X.volume_shape, X.affine),
+    )
+    shared = sorted(set(X.subject_ids) & {s.subject_id for s in others})
+    if shared:
+        raise DataError(
+            f"{len(shared)} subject(s) are both in {split_dir} and in {name} (e.g. "
+            f"{shared[0]}): a subject must be on one side only, or the test scores "
+            "measure memory, not generalization. Rebuild the hold-out."
+        )
+
+
+def load_split(
+    data_dir: Path | str,
+    split: str,
+    max_subjects: int | None = None,
+    same_grid_as: str | None = None,
+):
     """Load a labelled split folder ``<data_dir>/<split>`` as ``(X, y)``.
 
     Parameters
@@ -355,13 +441,19 @@ def load_split(data_dir: Path | str, split: str, max_subjects: int | None = None
         ``"train"`` or ``"test"``.
     max_subjects : int, optional
         Keep a small cohort-balanced subset (quick tests).
+    same_grid_as : str, optional
+        Another split of ``data_dir`` (``"train"``) that this one must match: same
+        grid, no subject in common. Checked before any volume is read.
 
     Returns
     -------
     X : ImageSequence
     y : ndarray of SparseMask
     """
-    X = ImageSequence.from_folder(Path(data_dir) / split)
+    split_dir = Path(data_dir) / split
+    X = ImageSequence.from_folder(split_dir)
+    if same_grid_as is not None:
+        check_against_split(X, Path(data_dir) / same_grid_as, str(split_dir))
     if max_subjects is not None:
         X = X[quick_subset(X, max_subjects)]
     return X, load_masks(X)

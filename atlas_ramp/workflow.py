@@ -5,15 +5,22 @@ defines ``get_estimator()``. The object it returns must have
 
 * ``fit(X, y)``: ``X`` is a lazy sequence of float32 3D T1w volumes
   (:class:`~atlas_ramp.volumes.ImageSequence`: ``len(X)``, ``X[i]``,
-  ``X.subject_ids``, ``X.cohorts``, ``X.affine``); ``y`` a lazy sequence of the
+  ``X.subject_ids``, ``X.cohorts``, ``X.affine``, ``X.volume_shape``, and
+  ``X.shape == (len(X), *X.volume_shape)``); ``y`` a lazy sequence of the
   matching boolean 3D lesion masks (:class:`~atlas_ramp.volumes.MaskSequence`);
-* ``predict(X)``: boolean masks of shape ``(len(X), *volume_shape)``;
+* ``predict(X)``: boolean masks of shape ``X.shape``;
 * optionally ``predict_proba(X)``: lesion probabilities in [0, 1], same shape.
   When present it is used (so that blending can average probabilities).
 
 The workflow calls ``predict_proba``/``predict`` on small batches and turns each
 result into sparse probabilities at once, so neither the submission nor the
 workflow ever holds dense predictions for the whole set.
+
+Who is to blame: anything the submission raises or returns wrong is a
+:class:`SubmissionError` naming the submission. A bad input file found while the
+submission reads ``X[i]`` (truncated, NaN...) is a
+:class:`~atlas_ramp.bids.DataError` naming the file, even when the submission's
+own code wrapped it in another exception.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ import numpy as np
 from rampwf.utils.importing import import_module_from_source
 
 from ._io import object_array
+from .bids import DataError
+from .grids import check_same_grid
 from .masks import SparseProba
 from .volumes import ImageSequence, MaskSequence
 
@@ -38,12 +47,44 @@ class SubmissionError(RuntimeError):
     """Something a submission did or returned breaks the estimator contract."""
 
 
-class TrainedSubmission:
-    """A fitted estimator and the name of the submission it comes from."""
+def _data_error_in(error: BaseException) -> DataError | None:
+    """The DataError behind ``error`` (itself, or its cause or context), if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, DataError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
-    def __init__(self, name: str, estimator):
+
+class TrainedSubmission:
+    """A fitted estimator, the submission it comes from, and its training grid.
+
+    Parameters
+    ----------
+    name : str
+        The submission's name.
+    estimator : object
+        The fitted estimator.
+    volume_shape, affine : optional
+        The grid it was trained on; predicting on another grid is refused.
+    """
+
+    def __init__(self, name: str, estimator, volume_shape=None, affine=None):
         self.name = name
         self.estimator = estimator
+        self.volume_shape = volume_shape
+        self.affine = affine
+
+    def check_grid(self, X: ImageSequence) -> None:
+        """Refuse data on another grid than the training data (a DataError)."""
+        if getattr(self, "volume_shape", None) is None:
+            return  # pickled by an older kit: grid unknown
+        check_same_grid(
+            (f"the training data of '{self.name}'", self.volume_shape, self.affine),
+            (f"the data to predict ({X.subject_ids[0]} ...)", X.volume_shape, X.affine),
+        )
 
     def __repr__(self) -> str:
         return f"TrainedSubmission({self.name!r}, {self.estimator!r})"
@@ -78,7 +119,7 @@ def check_batch_output(output, X_batch: ImageSequence, submission_name: str, met
         raise SubmissionError(
             f"{where} returned something that is not an array ({error})."
         ) from error
-    expected = (len(X_batch), *X_batch.shape)
+    expected = X_batch.shape
     if output.ndim != 4 or output.shape[0] != len(X_batch):
         raise SubmissionError(
             f"{where} returned shape {output.shape} for {len(X_batch)} subjects "
@@ -87,7 +128,7 @@ def check_batch_output(output, X_batch: ImageSequence, submission_name: str, met
     if output.shape != expected:
         raise SubmissionError(
             f"{where} returned volumes of shape {output.shape[1:]} for subject "
-            f"{ids[0]}; expected {X_batch.shape}, the input's shape."
+            f"{ids[0]}; expected {X_batch.volume_shape}, the input's volume shape."
         )
     if output.dtype != bool and not np.issubdtype(output.dtype, np.number):
         raise SubmissionError(
@@ -119,6 +160,7 @@ def predict_sparse(
     batch_size: int = PREDICT_BATCH_SIZE,
 ) -> list[SparseProba]:
     """Predict subjects in small batches, sparsifying each batch at once."""
+    submission.check_grid(X)
     predict, method = _predict_function(submission)
     voxel_ml = X.voxel_volume_ml
     results = []
@@ -126,9 +168,12 @@ def predict_sparse(
         X_batch = X[start : start + batch_size]
         try:
             output = predict(X_batch)
-        except SubmissionError:
+        except (SubmissionError, DataError):
             raise
         except Exception as error:
+            data_error = _data_error_in(error)
+            if data_error is not None:
+                raise data_error from error
             raise SubmissionError(
                 f"Submission '{submission.name}': {method} failed on subjects "
                 f"{', '.join(X_batch.subject_ids)}: {type(error).__name__}: {error}"
@@ -193,12 +238,17 @@ class LesionSegmentation:
         y_train = MaskSequence(np.asarray(y, dtype=object)[train_is])
         try:
             estimator.fit(X_train, y_train)
+        except DataError:
+            raise  # a bad input file: the data's fault, not the submission's
         except Exception as error:
+            data_error = _data_error_in(error)
+            if data_error is not None:
+                raise data_error from error
             raise SubmissionError(
                 f"Submission '{name}': fit failed on {len(X_train)} subjects "
                 f"({X_train.subject_ids[0]} ...): {type(error).__name__}: {error}"
             ) from error
-        return TrainedSubmission(name, estimator)
+        return TrainedSubmission(name, estimator, X.volume_shape, X.affine)
 
     def test_submission(self, trained_model, X, fold=None):
         """Predict what scoring needs, as an object array aligned with ``X``.

@@ -116,7 +116,10 @@ def main():
         cached_median = time_reads(cached, args.repeats)
 
     print()
-    print(f"one T1w volume {X.shape}, float32 ({np.prod(X.shape) * 4 / 1e6:.1f} MB)")
+    print(
+        f"one T1w volume {X.volume_shape}, float32 "
+        f"({np.prod(X.volume_shape) * 4 / 1e6:.1f} MB)"
+    )
     print("| read one volume, then sum it | median time |")
     print("|---|---|")
     print(f"| nibabel, decode .nii.gz | {nibabel_median * 1000:.0f} ms |")

@@ -130,7 +130,7 @@ def main():
         X_test, y_test = load_split(folder, "test")
         print(
             f"data: {len(X)} train + {len(X_test)} held-out subjects, shape "
-            f"{X.shape} at 2 mm, built in {time.perf_counter() - start:.0f} s"
+            f"{X.volume_shape} at 2 mm, built in {time.perf_counter() - start:.0f} s"
         )
 
         results = {}

@@ -116,3 +116,19 @@ def bagged_scores(kit: Path, submission: str) -> pd.DataFrame:
     scores = pd.read_csv(path, index_col=[0, 1])
     last_bag = scores.index.get_level_values("n_bag").max()
     return scores.xs(last_bag, level="n_bag")
+
+
+def rewrite_nifti(path, data=None, affine=None):
+    """Rewrite a NIfTI file with new data and/or affine (the rest as it was)."""
+    image = nib.load(str(path))
+    data = np.asarray(image.dataobj) if data is None else data
+    affine = image.affine if affine is None else affine
+    nib.save(nib.Nifti1Image(data, affine), path)
+
+
+def flipped_x(path):
+    """Store ``path`` flipped on x, its affine adjusted: same brain, LAS on disk."""
+    image = nib.load(str(path))
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flip[0, 3] = image.shape[0] - 1
+    rewrite_nifti(path, np.asarray(image.dataobj)[::-1], image.affine @ flip)

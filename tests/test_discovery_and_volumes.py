@@ -10,13 +10,13 @@ import pytest
 from atlas_ramp.bids import (
     DataError,
     anat_dir,
-    check_split,
     cohort_of,
     find_subjects,
     mask_name,
     parse_entities,
     t1w_name,
 )
+from atlas_ramp.grids import check_split
 from atlas_ramp.volumes import (
     ImageSequence,
     MaskSequence,
@@ -184,7 +184,7 @@ def test_truncated_file_fails_on_read_naming_it(tmp_path):
 def test_image_sequence_is_lazy_and_indexable(tmp_path):
     make_split(tmp_path / "train")
     X = ImageSequence.from_folder(tmp_path / "train")
-    assert len(X) == 3 and X.shape == SHAPE
+    assert len(X) == 3 and X.volume_shape == SHAPE and X.shape == (3, *SHAPE)
     assert X.voxel_volume_ml == pytest.approx(0.064)
     volume = X[2]
     assert volume.dtype == np.float32 and volume.shape == SHAPE

@@ -62,7 +62,7 @@ def fitted(small_split):
 def test_predict_proba_shape_range_and_mask(fitted, small_split):
     estimator, probabilities = fitted
     X_new = small_split[2]
-    assert probabilities.shape == (len(X_new), *X_new.shape)
+    assert probabilities.shape == X_new.shape == (len(X_new), *X_new.volume_shape)
     assert np.issubdtype(probabilities.dtype, np.floating)
     assert np.isfinite(probabilities).all()
     assert probabilities.min() >= 0.0 and probabilities.max() <= 1.0
@@ -95,10 +95,10 @@ def test_template_lines_up_with_the_images(small_split):
     """The MNI template on the data grid looks like the (registered) subjects."""
     module = tiny_estimator_module()
     X_train = small_split[0]
-    template = module.template_on_grid(X_train.affine, X_train.shape, 1)
-    assert template.shape == X_train.shape
+    template = module.template_on_grid(X_train.affine, X_train.volume_shape, 1)
+    assert template.shape == X_train.volume_shape
     image, head = module.prepare(X_train[0], 1, template)
-    assert image.shape == (3, *X_train.shape)  # image, mirror, template
+    assert image.shape == (3, *X_train.volume_shape)  # image, mirror, template
     correlation = np.corrcoef(image[0][head], image[2][head])[0, 1]
     # Flipped or shifted, the template would barely correlate with the image.
     assert correlation > 0.6

@@ -22,14 +22,15 @@ def test_starting_kit_beats_trivial_predictions(small_sample):
         SparseMask.from_dense(mask, X_test.voxel_volume_ml)
         for mask in estimator.predict(X_test)
     )
-    size = int(np.prod(X_test.shape))
-    nothing = object_array(SparseMask([], X_test.shape) for _ in y_test)
-    everything = object_array(SparseMask(np.arange(size), X_test.shape) for _ in y_test)
+    grid = X_test.volume_shape
+    nothing = object_array(SparseMask([], grid) for _ in y_test)
+    all_voxels = np.arange(np.prod(grid))
+    everything = object_array(SparseMask(all_voxels, grid) for _ in y_test)
     dice = Dice()
     kit = dice(y_test, predicted)
     assert kit > dice(y_test, nothing) + 0.1
     assert kit > dice(y_test, everything) + 0.1
     assert LesionF1()(y_test, predicted) > LesionF1()(y_test, nothing)
     # What was learned is stored, so students can read it.
-    assert estimator.tissue_region_.shape == X_train.shape
+    assert estimator.tissue_region_.shape == X_train.volume_shape
     assert estimator.min_lesion_voxels_ >= 1

@@ -46,7 +46,7 @@ def test_fit_predict_contract(small_sample):
     mask = estimator.predict(X_batch)
 
     assert 0 < estimator.threshold_ < 1
-    assert proba.shape == mask.shape == (len(X_batch), *X_test.shape)
+    assert proba.shape == mask.shape == (len(X_batch), *X_test.volume_shape)
     assert proba.dtype == np.float32 and mask.dtype == bool
     assert np.isfinite(proba).all()
     assert proba.min() >= 0 and proba.max() <= 1

@@ -46,7 +46,7 @@ def make_submission(tmp_path, body, name="my_submission"):
 
 GOOD_PREDICT = """
 def predict_proba(self, X):
-    return np.full((len(X), *X.shape), 0.75, dtype=np.float32)
+    return np.full(X.shape, 0.75, dtype=np.float32)
 """
 
 
@@ -87,7 +87,8 @@ def test_cv_fold_predicts_validation_and_a_bounded_training_subset(
     ("predict", "message"),
     [
         (
-            "def predict(self, X):\n    return np.zeros((len(X) + 1, *X.shape), bool)",
+            "def predict(self, X):\n"
+            "    return np.zeros((len(X) + 1, *X.volume_shape), bool)",
             r"returned shape .* for \d subjects \(sub-r001s001",
         ),
         (
@@ -96,17 +97,17 @@ def test_cv_fold_predicts_validation_and_a_bounded_training_subset(
         ),
         (
             "def predict_proba(self, X):\n"
-            "    out = np.zeros((len(X), *X.shape))\n"
+            "    out = np.zeros(X.shape)\n"
             "    out[-1, 0, 0, 0] = np.nan\n"
             "    return out",
             r"NaN for subject sub-r002s001",
         ),
         (
-            "def predict_proba(self, X):\n    return np.full((len(X), *X.shape), 2.0)",
+            "def predict_proba(self, X):\n    return np.full(X.shape, 2.0)",
             r"values in \[2, 2\] for subject sub-r001s001",
         ),
         (
-            "def predict(self, X):\n    return np.full((len(X), *X.shape), 'a')",
+            "def predict(self, X):\n    return np.full(X.shape, 'a')",
             r"dtype <U1",
         ),
         (

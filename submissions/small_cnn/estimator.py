@@ -264,14 +264,22 @@ def channels_last(tensor):
     return tensor.contiguous(memory_format=torch.channels_last_3d)
 
 
+def usable_cpu_count():
+    """The cores this process may run on, on Linux, macOS and Windows alike."""
+    if hasattr(os, "process_cpu_count"):  # Python 3.13+
+        return max(1, os.process_cpu_count() or 1)
+    if hasattr(os, "sched_getaffinity"):  # Linux: honours taskset and cgroups
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)  # macOS, Windows before 3.13
+
+
 def pick_device(name=None):
     """``name`` ("cuda", "cpu"), or None: CUDA when there is a GPU, else CPU."""
     if name is None:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cpu":
-        # Use the cores this process may run on (2 on the course laptops).
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+        torch.set_num_threads(usable_cpu_count())
     return device
 
 
@@ -505,10 +513,10 @@ class SmallUNet:
         device = pick_device(self.device)
 
         self.factor_ = working_factor(X.voxel_volume_ml)
-        self.data_shape_ = tuple(X.shape)
+        self.data_shape_ = X.volume_shape
         start = time.perf_counter()
         self.template_ = (
-            template_on_grid(X.affine, X.shape, self.factor_)
+            template_on_grid(X.affine, X.volume_shape, self.factor_)
             if TEMPLATE_CHANNEL
             else None
         )
@@ -570,7 +578,9 @@ class SmallUNet:
         network = self._trained_network(device)
         dice_sums = np.zeros(len(THRESHOLDS))
         for i in subjects:
-            probability = self._probability_on_data_grid(network, X[i], X.shape, device)
+            probability = self._probability_on_data_grid(
+                network, X[i], X.volume_shape, device
+            )
             truth = torch.from_numpy(np.asarray(y[i], dtype=bool)).to(device)
             for position, threshold in enumerate(THRESHOLDS):
                 predicted = probability >= threshold
@@ -618,17 +628,19 @@ class SmallUNet:
 
         Shifted so that 0.5 is the decision threshold tuned in :meth:`fit`.
         """
-        if tuple(X.shape) != self.data_shape_:
+        if X.volume_shape != self.data_shape_:
             raise ValueError(
                 f"small_cnn was trained on volumes of shape {self.data_shape_} "
-                f"but is asked to predict on {tuple(X.shape)}: train and predict "
+                f"but is asked to predict on {X.volume_shape}: train and predict "
                 "on the same grid."
             )
         device = pick_device(self.device)
         network = self._trained_network(device)
-        probabilities = np.zeros((len(X), *X.shape), dtype=np.float32)
+        probabilities = np.zeros(X.shape, dtype=np.float32)
         for i in range(len(X)):
-            probability = self._probability_on_data_grid(network, X[i], X.shape, device)
+            probability = self._probability_on_data_grid(
+                network, X[i], X.volume_shape, device
+            )
             probability = shift_probability(probability, self.threshold_)
             probabilities[i] = probability.cpu().numpy()
         return probabilities

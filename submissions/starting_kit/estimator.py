@@ -11,7 +11,8 @@ than a minimum size. Three things are *learned* from the training subjects:
 1. ``tissue_region_``: where the average training image is bright (brain tissue,
    not CSF); since all images are registered to MNI space, this is one mask;
 2. ``threshold_``: the normalized intensity below which a voxel is lesion,
-   chosen to maximize the mean Dice on (a few) training subjects;
+   chosen to maximize the mean Dice on (a few) training subjects that have a
+   lesion;
 3. ``min_lesion_voxels_``: the size under which a dark blob is noise.
 
 Weaknesses (honestly)
@@ -93,7 +94,7 @@ class IntensityThreshold:
 
         # 1. Tissue region: bright in the average normalized image.
         images, masks = [], []
-        mean_image = np.zeros(X.shape, dtype=np.float32)
+        mean_image = np.zeros(X.volume_shape, dtype=np.float32)
         for i in chosen:
             volume = X[i]
             image = _normalize(volume, _brain(volume))
@@ -101,6 +102,15 @@ class IntensityThreshold:
             masks.append(y[i])
             mean_image += image / len(chosen)
         self.tissue_region_ = mean_image > -1.0
+
+        # Steps 2 and 3 score thresholds on subjects that have a lesion. A subject
+        # without one scores Dice 1 only when nothing at all is predicted, which
+        # would outweigh the small Dice of every real lesion and teach "predict
+        # nothing". (If no chosen subject has a lesion, all of them are used.)
+        with_lesion = [k for k, mask in enumerate(masks) if mask.any()]
+        if with_lesion:
+            images = [images[k] for k in with_lesion]
+            masks = [masks[k] for k in with_lesion]
 
         # Only voxels of the tissue region can be called lesion: keep their
         # intensities and labels as 1D arrays (cheaper than whole volumes).
@@ -146,7 +156,7 @@ class IntensityThreshold:
         return self
 
     def predict(self, X):
-        predictions = np.zeros((len(X), *X.shape), dtype=bool)
+        predictions = np.zeros(X.shape, dtype=bool)  # (len(X), *X.volume_shape)
         for i in range(len(X)):
             volume = X[i]
             image = _normalize(volume, _brain(volume))

@@ -157,7 +157,7 @@ class _Atlas:
     affine : ndarray of shape (4, 4)
         The data's voxel-to-MNI affine (``X.affine``).
     shape : tuple of int
-        The data's volume shape (``X.shape``).
+        The data's volume shape (``X.volume_shape``).
     """
 
     def __init__(self, affine, shape):
@@ -305,7 +305,7 @@ class VoxelClassifier:
     """Gradient-boosted trees on per-voxel features (see the module docstring)."""
 
     def fit(self, X, y):
-        self.atlas_ = _Atlas(X.affine, X.shape)
+        self.atlas_ = _Atlas(X.affine, X.volume_shape)
         factor = self.atlas_.factor
         rng = np.random.default_rng(RANDOM_STATE)
         # A few subjects, evenly spread, on which to tune the threshold (step 3).
@@ -363,21 +363,22 @@ class VoxelClassifier:
         return ndimage.gaussian_filter(proba, PROBA_SMOOTHING_MM / self.atlas_.voxel_mm)
 
     def predict_proba(self, X):
-        """Lesion probabilities, shape ``(len(X), *X.shape)``, in [0, 1]."""
+        """Lesion probabilities, shape ``X.shape``, in [0, 1]."""
         atlas = self.atlas_
-        if tuple(X.shape) != atlas.data_shape:
+        if X.volume_shape != atlas.data_shape:
             raise ValueError(
-                f"fit saw volumes of shape {atlas.data_shape}, predict got {X.shape}."
+                f"fit saw volumes of shape {atlas.data_shape}, "
+                f"predict got {X.volume_shape}."
             )
         # Lesion size in working voxels (each stands for factor**3 data voxels).
         min_voxels = MIN_LESION_ML / (X.voxel_volume_ml * atlas.factor**3)
-        probas = np.zeros((len(X), *X.shape), np.float32)
+        probas = np.zeros(X.shape, np.float32)
         with threadpool_limits(N_THREADS, user_api="openmp"):
             for i in range(len(X)):
                 proba = self._working_proba(*_features(X[i], atlas))
                 proba = _shift(proba, self.threshold_)
                 proba = _remove_small_components(proba, min_voxels)
-                probas[i] = _grow(proba, X.shape, atlas.factor)
+                probas[i] = _grow(proba, X.volume_shape, atlas.factor)
         return probas
 
     def predict(self, X):
