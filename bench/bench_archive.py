@@ -43,6 +43,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from atlas_ramp import archive, bids
+from atlas_ramp.testing.archives import encrypt_openssl_file
 
 PASSWORD = "benchmark password"
 IMAGE_BYTES = 6_000_000  # about one compressed 1 mm T1w image
@@ -82,7 +83,7 @@ def build_archive(folder: Path, target_mb: float, seed: int = 0) -> Path:
             if labelled:
                 _add(tar, f"{anat}/{bids.mask_name(subject_id)}", rng.bytes(MASK_BYTES))
     encrypted = folder / f"atlas-{target_mb:g}MB.enc"
-    archive.encrypt_openssl_file(tar_gz, encrypted, PASSWORD)
+    encrypt_openssl_file(tar_gz, encrypted, PASSWORD)
     tar_gz.unlink()
     return encrypted
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import getpass
 import gzip
 import hashlib
 import io
@@ -21,8 +22,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,8 +33,6 @@ from atlas_ramp.archive import (
     UnsafeArchiveError,
     WrongPasswordError,
     decrypt_openssl_stream,
-    encrypt_openssl_file,
-    encrypt_openssl_stream,
     evp_bytes_to_key,
     extract_tar_stream,
     install_atlas,
@@ -44,6 +41,13 @@ from atlas_ramp.archive import (
 )
 from atlas_ramp.bids import DataError, find_subjects
 from atlas_ramp.download import main
+from atlas_ramp.testing import archives as testing_archives
+from atlas_ramp.testing.archives import (
+    encrypt_openssl_file,
+    encrypt_openssl_stream,
+    make_tar_gz,
+    tar_gz_bytes,
+)
 
 PASSWORD = "correct horse battery staple"
 OPENSSL = shutil.which("openssl")
@@ -53,47 +57,6 @@ needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl not installe
 # --------------------------------------------------------------------------
 # Helpers: a small release, its archive, an HTTP server
 # --------------------------------------------------------------------------
-
-
-def write_release(root: Path, n_subjects: int = 8, n_unlabelled: int = 4) -> Path:
-    """Write a tiny ATLAS R2.0-like release: ``root/ATLAS_2/{Training,Testing}``.
-
-    Uses the kit's synthetic generator when it is there, else random 6x7x5
-    volumes under the exact ATLAS names (only names matter here).
-    """
-    try:
-        from atlas_ramp.synthetic import write_atlas_release
-    except ImportError:
-        pass
-    else:
-        write_atlas_release(root, n_subjects=n_subjects, n_unlabelled=n_unlabelled)
-        return root / "ATLAS_2"
-    rng = np.random.default_rng(0)
-    affine = np.diag([4.0, 4.0, 4.0, 1.0])
-    for split, count, labelled in (
-        ("Training", n_subjects, True),
-        ("Testing", n_unlabelled, False),
-    ):
-        for index in range(count):
-            cohort = 1 + index % 3
-            number = index + 1 if labelled else 100 + index
-            subject_id = "sub-" + bids.subject_label(cohort, number)
-            anat = bids.anat_dir(root / "ATLAS_2" / split, subject_id)
-            anat.mkdir(parents=True)
-            image = rng.random((6, 7, 5)).astype(np.float32)
-            nib.save(nib.Nifti1Image(image, affine), anat / bids.t1w_name(subject_id))
-            if labelled:
-                mask = (image > 0.8).astype(np.uint8)
-                nib.save(
-                    nib.Nifti1Image(mask, affine), anat / bids.mask_name(subject_id)
-                )
-    return root / "ATLAS_2"
-
-
-def make_tar_gz(folder: Path, path: Path, arcname: str) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        tar.add(folder, arcname=arcname)
-    return path
 
 
 def sha256_of(path: Path) -> str:
@@ -110,41 +73,8 @@ def openssl_encrypt(source: Path, destination: Path, *extra: str) -> Path:
     return destination
 
 
-def tar_gz_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
-    """A .tar.gz in memory from hand-made members (for malicious archives)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for info, content in members:
-            if content is not None:
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-            else:
-                tar.addfile(info)
-    return buffer.getvalue()
-
-
 def encrypted_bytes(plain: bytes, password: str = PASSWORD, base64=True) -> bytes:
-    return b"".join(encrypt_openssl_stream([plain], password, base64=base64))
-
-
-_shared_release = {}
-
-
-def shared_release_tree(tmp_path_factory) -> Path:
-    """A small ATLAS_2 release, built once per session (test_instructor uses it).
-
-    15 labelled subjects in 3 cohorts, so that every split of the instructor's
-    tests holds every cohort; 3 unlabelled.
-    """
-    if "tree" not in _shared_release:
-        root = tmp_path_factory.mktemp("release")
-        _shared_release["tree"] = write_release(root, n_subjects=15, n_unlabelled=3)
-    return _shared_release["tree"]
-
-
-@pytest.fixture(scope="module")
-def release_tree(tmp_path_factory) -> Path:
-    return shared_release_tree(tmp_path_factory)
+    return testing_archives.encrypted_bytes(plain, password, base64=base64)
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +143,7 @@ def server(monkeypatch):
     ``server.url`` is the archive's URL; ``server.range_headers`` logs requests.
     """
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setattr(archive, "RETRY_BACKOFF_S", 0.0)
+    monkeypatch.setattr(archive.download, "RETRY_BACKOFF_S", 0.0)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _ArchiveHandler)
     httpd.daemon_threads = True
     httpd.payload, httpd.drop_after, httpd.ignore_range = b"", None, False
@@ -392,7 +322,7 @@ def test_not_an_openssl_file_is_refused():
 def test_install_from_a_local_archive_with_the_checksum(
     release, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(archive, "ATLAS_SHA256", release["sha256"])
+    monkeypatch.setattr(archive.install, "ATLAS_SHA256", release["sha256"])
     monkeypatch.setenv("ATLAS_PASSWORD", PASSWORD)
     output = tmp_path / "data"
     argv = ["--atlas", "--archive", str(release["archive"]), "--output", str(output)]
@@ -411,7 +341,7 @@ def test_install_from_a_local_archive_with_the_checksum(
 
 def test_install_by_download(release, tmp_path, server, monkeypatch):
     server.payload = release["archive"].read_bytes()
-    monkeypatch.setattr(archive, "ATLAS_SHA256", release["sha256"])
+    monkeypatch.setattr(archive.install, "ATLAS_SHA256", release["sha256"])
     monkeypatch.setenv("ATLAS_PASSWORD", PASSWORD)
     output = tmp_path / "data"
     argv = ["--atlas", "--url", server.url, "--output", str(output), "--quiet"]
@@ -707,7 +637,7 @@ def test_links_inside_the_tree_are_extracted(tmp_path):
 def test_not_enough_disk_space_is_refused_before_writing(
     release, existing_data, monkeypatch
 ):
-    monkeypatch.setattr(archive, "EXPANSION_FACTOR", 1e12)
+    monkeypatch.setattr(archive.install, "EXPANSION_FACTOR", 1e12)
     before = snapshot(existing_data)
     with pytest.raises(DataError, match="Not enough disk space"):
         install_over(existing_data, release["archive"], skip_checksum=True)
@@ -718,10 +648,15 @@ def test_not_enough_disk_space_is_refused_before_writing(
 def test_a_full_disk_during_extraction_installs_nothing(
     release, existing_data, monkeypatch
 ):
-    def disk_full(*args):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    check = archive.untar.safe_member
 
-    monkeypatch.setattr(archive, "_extract_regular_file", disk_full)
+    def disk_full(member, *args, **kwargs):
+        # Every member goes through this check just before it is written.
+        if member.isfile():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return check(member, *args, **kwargs)
+
+    monkeypatch.setattr(archive.untar, "safe_member", disk_full)
     before = snapshot(existing_data)
     with pytest.raises(DataError, match="full"):
         install_over(existing_data, release["archive"], skip_checksum=True)
@@ -730,16 +665,18 @@ def test_a_full_disk_during_extraction_installs_nothing(
 
 
 def _interrupt_on_third_file(monkeypatch):
-    extract = archive._extract_regular_file
+    check = archive.untar.safe_member
     calls = []
 
-    def interrupted(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        extract(*args)
+    def interrupted(member, *args, **kwargs):
+        # Every member goes through this check just before it is written.
+        if member.isfile():
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+        return check(member, *args, **kwargs)
 
-    monkeypatch.setattr(archive, "_extract_regular_file", interrupted)
+    monkeypatch.setattr(archive.untar, "safe_member", interrupted)
 
 
 def test_an_interrupted_run_installs_nothing(release, existing_data, monkeypatch):
@@ -778,7 +715,7 @@ def test_password_from_file_env_or_prompt(tmp_path, monkeypatch):
     monkeypatch.delenv("ATLAS_PASSWORD", raising=False)
     prompts = []
     monkeypatch.setattr(
-        archive.getpass, "getpass", lambda prompt: prompts.append(prompt) or "typed"
+        getpass, "getpass", lambda prompt: prompts.append(prompt) or "typed"
     )
     password_file = tmp_path / "pw"
     password_file.write_text("from file\r\nsecond line\n")
@@ -796,6 +733,6 @@ def test_password_errors_say_what_to_do(tmp_path, monkeypatch):
     (tmp_path / "empty").write_text("")
     with pytest.raises(DataError, match="is empty"):
         resolve_password(tmp_path / "empty")
-    monkeypatch.setattr(archive.getpass, "getpass", lambda prompt: "")
+    monkeypatch.setattr(getpass, "getpass", lambda prompt: "")
     with pytest.raises(DataError, match="ATLAS_PASSWORD"):
         resolve_password()
