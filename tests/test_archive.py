@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -736,3 +737,201 @@ def test_password_errors_say_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(getpass, "getpass", lambda prompt: "")
     with pytest.raises(DataError, match="ATLAS_PASSWORD"):
         resolve_password()
+
+
+# --------------------------------------------------------------------------
+# Files encrypted another way, and wrong passwords that look right
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "maker, option",
+    [("openssl", "-pbkdf2"), ("python", "-pbkdf2"), ("python", "-md md5")],
+)
+def test_an_archive_encrypted_another_way_is_named_as_such(
+    maker, option, release, existing_data, tmp_path, capsys, monkeypatch
+):
+    made = tmp_path / "other.enc"
+    if maker == "openssl":
+        if OPENSSL is None:
+            pytest.skip("openssl not installed")
+        openssl_encrypt(release["tar_gz"], made, "-a", *option.split())
+    else:
+        derivation = {"-pbkdf2": "pbkdf2", "-md md5": "md-md5"}[option]
+        encrypt_openssl_file(
+            release["tar_gz"], made, PASSWORD, key_derivation=derivation
+        )
+    before = snapshot(existing_data)
+    monkeypatch.setenv("ATLAS_PASSWORD", PASSWORD)
+    argv = ["--atlas", "--archive", str(made), "--force", "--quiet"]
+    assert main([*argv, "--output", str(existing_data)]) == 1
+    message = capsys.readouterr().err
+    assert f"encrypted with 'openssl enc {option}'" in message
+    assert "not in the format of the ATLAS archive" in message
+    assert "the password is right" in message and "Wrong password" not in message
+    assert snapshot(existing_data) == before
+    assert_nothing_left_behind(existing_data)
+
+
+def test_a_wrong_password_says_the_format_may_be_another(release, tmp_path):
+    made = encrypt_openssl_file(
+        release["tar_gz"], tmp_path / "x.enc", PASSWORD, key_derivation="pbkdf2"
+    )
+    with pytest.raises(WrongPasswordError) as raised:
+        install_atlas(tmp_path / "data", made, password="wrong", progress=False)
+    assert "Wrong password" in str(raised.value)
+    assert "or the file is not in the ATLAS format" in str(raised.value)
+    assert "-pbkdf2" in str(raised.value)
+
+
+LUCKY_PASSWORD = "a wrong password, but a lucky one"
+
+
+@pytest.fixture(scope="module")
+def lucky_archive(release, tmp_path_factory) -> Path:
+    """The release, encrypted so that LUCKY_PASSWORD passes the first-block check."""
+    data = testing_archives.lucky_wrong_password_archive(
+        release["tar_gz"].read_bytes(), PASSWORD, LUCKY_PASSWORD
+    )
+    path = tmp_path_factory.mktemp("lucky") / archive.ATLAS_ARCHIVE_NAME
+    path.write_bytes(data)
+    return path
+
+
+def test_the_lucky_password_passes_the_first_check_and_only_it(lucky_archive):
+    head = lucky_archive.read_bytes()[:64]
+    archive.check_password(head, LUCKY_PASSWORD, name="lucky")  # the premise
+    archive.check_password(head, PASSWORD, name="lucky")
+    with pytest.raises(WrongPasswordError):
+        archive.check_password(head, "another wrong password", name="lucky")
+
+
+def test_a_lucky_wrong_password_on_an_intact_file_is_not_sent_to_download(
+    lucky_archive, existing_data
+):
+    before = snapshot(existing_data)
+    with pytest.raises(WrongPasswordError) as raised:
+        install_over(
+            existing_data,
+            lucky_archive,
+            password=LUCKY_PASSWORD,
+            expected_sha256=sha256_of(lucky_archive),
+        )
+    message = str(raised.value)
+    assert "Wrong password" in message and "the file is intact" in message
+    assert "download" not in message.lower()
+    assert snapshot(existing_data) == before
+    assert_nothing_left_behind(existing_data)
+
+
+def test_a_lucky_wrong_password_without_checksum_puts_the_password_first(
+    lucky_archive, existing_data
+):
+    with pytest.raises(DataError) as raised:
+        install_over(
+            existing_data, lucky_archive, password=LUCKY_PASSWORD, skip_checksum=True
+        )
+    assert isinstance(raised.value, (CorruptArchiveError, WrongPasswordError))
+    message = str(raised.value)
+    assert "password is wrong" in message
+    assert message.index("password") < message.lower().index("download")
+
+
+def test_a_lucky_wrong_password_keeps_the_download(
+    release, lucky_archive, existing_data, server
+):
+    server.payload = lucky_archive.read_bytes()
+    options = dict(
+        url=server.url,
+        expected_sha256=sha256_of(lucky_archive),
+        force=True,
+        progress=False,
+    )
+    with pytest.raises(WrongPasswordError, match="the file is intact"):
+        install_atlas(existing_data, password=LUCKY_PASSWORD, **options)
+    part = existing_data / ".downloads" / f"{archive.ATLAS_ARCHIVE_NAME}.part"
+    assert part.read_bytes() == server.payload  # kept, whole
+    install_atlas(existing_data, password=PASSWORD, **options)
+    assert server.range_headers[-1] == f"bytes={len(server.payload)}-"  # not again
+    assert_installed(existing_data, release)
+
+
+def test_a_wrong_password_in_a_download_stops_at_the_first_bytes(
+    release, existing_data, server
+):
+    server.payload = release["archive"].read_bytes()
+    with pytest.raises(WrongPasswordError, match="Wrong password"):
+        install_atlas(
+            existing_data,
+            url=server.url,
+            password="not the password",
+            expected_sha256=release["sha256"],
+            force=True,
+            progress=False,
+        )
+    # The bytes received are kept for the next run, not deleted.
+    part = existing_data / ".downloads" / f"{archive.ATLAS_ARCHIVE_NAME}.part"
+    assert server.payload.startswith(part.read_bytes())
+
+
+# --------------------------------------------------------------------------
+# Links: what tarfile's filter leaves to us
+# --------------------------------------------------------------------------
+
+
+def test_a_chain_of_links_longer_than_path_max_is_refused(tmp_path):
+    # The shape of CVE-2025-4517: the resolved path of the last link exceeds
+    # PATH_MAX, where older Pythons' realpath silently stops resolving, so that
+    # 'escape' looks inside while it points above the tree, and a hard link
+    # through it would overwrite a file outside.
+    component, steps = "d" * 247, "abcdefghijklmnop"
+    members, path = [], ""
+    for step in steps:
+        members.append((_member(os.path.join(path, component), tarfile.DIRTYPE), None))
+        members.append(
+            (_member(os.path.join(path, step), tarfile.SYMTYPE, component), None)
+        )
+        path = os.path.join(path, component)
+    link_path = os.path.join(*steps, "l" * 254)
+    up = os.path.join(*[".."] * len(steps))
+    members += [
+        (_member(link_path, tarfile.SYMTYPE, up), None),
+        (_member("escape", tarfile.SYMTYPE, os.path.join(link_path, "..")), None),
+        (_member("flaglink", tarfile.LNKTYPE, "escape/flag"), None),
+        (_member("flaglink"), b"overwritten"),
+    ]
+    flag = tmp_path / "flag"
+    flag.write_text("original")
+    tar_bytes = gzip.decompress(tar_gz_bytes(members))
+    with pytest.raises(UnsafeArchiveError):
+        extract_tar_stream(io.BytesIO(tar_bytes), tmp_path / "out")
+    assert flag.read_text() == "original"
+
+
+def test_links_are_followed_as_written_and_loops_refused(tmp_path):
+    root = os.path.realpath(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "to_a").symlink_to("a")
+    (tmp_path / "loop1").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop1")
+    for relative in ("to_a/x/../y", "to_a/../a/z", "missing/../to_a"):
+        path = os.path.join(root, relative)
+        assert archive.untar._resolve(path, {}) == os.path.realpath(path)
+    with pytest.raises(OSError):
+        archive.untar._resolve(os.path.join(root, "loop1/x"), {})
+    # A link created normalised is followed with the target the archive wrote.
+    written = {os.path.join(root, "to_a"): ".."}
+    assert archive.untar._resolve(os.path.join(root, "to_a"), written) == (
+        os.path.dirname(root)
+    )
+
+
+def test_links_are_created_normalised(tmp_path):
+    members = [
+        (_member("top/a/file.txt"), b"content"),
+        (_member("top/b/link.txt", tarfile.SYMTYPE, "../b/../a/./file.txt"), None),
+    ]
+    destination = tmp_path / "out"
+    extract_tar_stream(io.BytesIO(gzip.decompress(tar_gz_bytes(members))), destination)
+    assert os.readlink(destination / "top/b/link.txt") == "../a/file.txt"
+    assert (destination / "top/b/link.txt").read_text() == "content"

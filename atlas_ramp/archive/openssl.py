@@ -281,7 +281,7 @@ def check_password(head: bytes, password: str | bytes, *, name: str) -> None:
         f"Wrong password for {name}, or the file is not in the ATLAS format "
         "('openssl enc -aes-256-cbc -md sha256 -a'): with this password it does "
         "not decrypt to a gzip file. Check the password that came with the ATLAS "
-        "data use agreement (mind the case and spaces) and run again. If you "
-        "encrypted the file yourself another way, decrypt it with openssl and pass "
-        "the .tar.gz with --archive."
+        "data use agreement (mind the case and spaces) and run again. If the "
+        "file was encrypted another way (e.g. 'openssl enc -pbkdf2'), decrypt it "
+        "with openssl and pass the .tar.gz with --archive."
     )

@@ -33,6 +33,7 @@ CHUNK_SIZE = 1 << 20
 KEY_DERIVATIONS = {
     "md-sha256": evp_bytes_to_key,  # -md sha256: ATLAS's
     "pbkdf2": _pbkdf2_key,  # -pbkdf2 (10,000 rounds of SHA-256): not ATLAS's
+    "md-md5": lambda password, salt: evp_bytes_to_key(password, salt, digest="md5"),
 }
 
 
@@ -59,8 +60,9 @@ def encrypt_openssl_stream(
         Write base64 text with 64-character lines (``-a``), else binary.
     salt : bytes, optional
         8 bytes; random by default (as OpenSSL does). Fix it for reproducible files.
-    key_derivation : {"md-sha256", "pbkdf2"}
-        ``"pbkdf2"`` writes what ``openssl enc -pbkdf2`` does instead.
+    key_derivation : {"md-sha256", "pbkdf2", "md-md5"}
+        ``"pbkdf2"`` writes what ``openssl enc -pbkdf2`` does instead, ``"md-md5"``
+        what ``-md md5`` (the default before OpenSSL 1.1) does.
 
     Yields
     ------
