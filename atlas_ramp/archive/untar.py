@@ -7,7 +7,7 @@ a stream (``mode="r|"``, never seeking) and its ``data`` extraction filter
 that leave the target folder, absolute links, devices and FIFOs; it also drops
 owners and dangerous permission bits.
 
-Before it, :func:`safe_member` runs a small check of our own, on every Python:
+After it, :func:`safe_member` runs a small check of our own, on every Python:
 
 * **absolute member names are refused**. The filter would strip the leading
   ``/`` and extract them inside: safe, but it hides that the archive is not the
@@ -21,10 +21,14 @@ Before it, :func:`safe_member` runs a small check of our own, on every Python:
   so that what was checked is not what is created. :func:`_resolve` raises on
   such errors instead, and link targets are created normalised, as the fixed
   filter does. The fixed filter, though, *neutralises* an archive whose links
-  change meaning once normalised (the link-chain cases of the kit's hostile
-  suite extract harmlessly instead of being refused); resolving with the
-  targets as written refuses them, on old and new Pythons alike. An archive
-  that plays such tricks is not the ATLAS release, and the user should know.
+  change meaning once normalised (by its code, the three link-chain cases of
+  the kit's hostile suite would extract harmlessly instead of being refused);
+  resolving with the targets as written refuses them, on old and new Pythons
+  alike. An archive that plays such tricks is not the ATLAS release, and the
+  user should know. So the kit does not require a fixed Python (3.11.7 runs
+  its tests): it keeps this check, which the filter alone fails without (the
+  CVE-2025-4517 chain overwrites a file outside on 3.10.13, 3.11.7, 3.12.1 and
+  3.13.0; see ``tests/test_archive.py``).
 * **a hard link must point to a file extracted before**, so that tarfile never
   falls back to copying a member it would have to look up elsewhere.
 
@@ -230,7 +234,9 @@ def safe_member(
         raise _unsafe(
             name, member.name, f"its path cannot be resolved ({error.strerror})"
         ) from error
-    return _check_paths(filtered.replace(linkname=member.linkname), root, links, name)
+    # The filter's checks passed; ours see the link target as the archive wrote it.
+    unfiltered_target = filtered.replace(linkname=member.linkname, deep=False)
+    return _check_paths(unfiltered_target, root, links, name)
 
 
 def extract_tar_stream(fileobj, destination: Path | str, *, name: str = "the archive"):
