@@ -10,7 +10,10 @@ One module per concept:
 * :mod:`atlas_ramp.splits`: cohort-aware hold-out and cross-validation;
 * :mod:`atlas_ramp.workflow`: how a submission is trained and run;
 * :mod:`atlas_ramp.synthetic`: the synthetic ATLAS-like sample;
-* :mod:`atlas_ramp.archive`: the real, encrypted ATLAS R2.0 archive;
+* :mod:`atlas_ramp.archive`: the real, encrypted ATLAS R2.0 archive (a package:
+  download, openssl, untar, layout, install);
+* :mod:`atlas_ramp.atlas_release`: facts about the ATLAS release (URL, SHA-256,
+  license) and the side files of a split made from it;
 * :mod:`atlas_ramp.testmode`: whether ``ramp-test --quick-test`` is running;
 * :mod:`atlas_ramp._io`: safe writing (temporary name, then rename).
 """

@@ -6,11 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .atlas_release import ATLAS_URL
 from .bids import DataError
-
-ATLAS_URL = (
-    "https://fcp-indi.s3.amazonaws.com/data/Projects/ATLAS/ATLAS_R2.0_encrypted.tar.gz"
-)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -61,8 +61,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._io import swap_into_place
-from .archive import write_dataset_description, write_split_manifest
+from ._io import swap_into_place, write_tsv
+from .atlas_release import write_split_description, write_split_manifest
 from .bids import DataError, Subject, anat_dir, find_subjects
 from .splits import stratified_holdout
 
@@ -70,6 +70,14 @@ PRIVATE_TEST_FRACTION = 0.2
 PUBLIC_FRACTION = 0.5
 PUBLIC_TEST_FRACTION = 0.2
 INSTRUCTOR_MANIFEST = "instructor_manifest.tsv"
+INSTRUCTOR_COLUMNS = (
+    "subject",
+    "cohort",
+    "private_split",
+    "public_split",
+    "file",
+    "sha256",
+)
 PUBLIC_ENTRIES = ("train", "test", "split_manifest.tsv")
 PRIVATE_ENTRIES = (*PUBLIC_ENTRIES, INSTRUCTOR_MANIFEST)
 _HASH_CHUNK = 1 << 20
@@ -352,7 +360,7 @@ def build_course_data(
             stages.append(Path(tempfile.mkdtemp(prefix=prefix, dir=folder.parent)))
         new_private, new_public = (stage / "new" for stage in stages)
         manifest = _place_files(subjects, split, new_private, new_public, link)
-        (new_private / INSTRUCTOR_MANIFEST).write_text(manifest, encoding="utf-8")
+        write_tsv(new_private / INSTRUCTOR_MANIFEST, INSTRUCTOR_COLUMNS, manifest)
         _describe(new_private, new_public, split, seed, source)
         verify_no_leak(new_private, new_public)
         swap_into_place(new_private, private, PRIVATE_ENTRIES, stages[0] / "old")
@@ -374,9 +382,9 @@ def _place_files(
     new_private: Path,
     new_public: Path,
     link: bool,
-) -> str:
+) -> list[list[str]]:
     """Link or copy every file where it goes; return the instructor manifest."""
-    lines = ["subject\tcohort\tprivate_split\tpublic_split\tfile\tsha256"]
+    rows = []
     for subject in subjects:
         private_split = split.private_split(subject.subject_id)
         public_split = split.public_split(subject.subject_id)
@@ -388,8 +396,8 @@ def _place_files(
                 folder = anat_dir(split_dir, subject.subject_id, subject.session)
                 _place(path, folder / path.name, link)
             row = [subject.subject_id, subject.cohort, private_split, public_split]
-            lines.append("\t".join([*row, path.name, file_sha256(path)]))
-    return "\n".join(lines) + "\n"
+            rows.append([*row, path.name, file_sha256(path)])
+    return rows
 
 
 def _describe(
@@ -406,7 +414,7 @@ def _describe(
         rows = []
         for part, subject_ids in parts.items():
             rows += [(s, split.cohorts[s], part) for s in subject_ids]
-            write_dataset_description(
+            write_split_description(
                 root / part,
                 f"ATLAS R2.0, {kind} {part} split",
                 f"The {kind} {part} split of a course ({how}).",

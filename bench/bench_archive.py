@@ -5,14 +5,17 @@ payload under the real ATLAS names, tar + gzip + ``openssl enc -a`` format) in a
 temporary folder, then installs each one in a fresh child process, so that the
 peak resident memory (``ru_maxrss``) of every run is its own:
 
-* ``stream file``: :func:`atlas_ramp.archive.install_atlas` from ``--archive``;
-* ``stream http``: the same, downloaded from a local HTTP server;
+* ``stream file``: :func:`atlas_ramp.archive.install_atlas` from ``--archive``
+  (SHA-256 of the file first, then one streaming pass: decrypt, gunzip, untar);
+* ``stream http``: the same, downloaded from a local HTTP server (hashed as it
+  arrives, then unpacked from the ``.part`` file);
 * ``plain``: the naive script, for comparison: read the whole file, decode,
   decrypt, decompress in memory, then ``tarfile.extractall``;
 * ``baseline``: a child that only imports the same modules.
 
-Both streaming runs check the SHA-256 on the way. Everything is deleted at the
-end. Run::
+Both streaming runs check the SHA-256 before extracting. Each run is repeated
+``--repeat`` times; the table shows medians. Everything is deleted at the end.
+Run::
 
     python bench/bench_archive.py                  # 100 and 600 MB; plain 100, 200
     python bench/bench_archive.py --sizes 100 --plain-sizes 50   # quicker
@@ -30,6 +33,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -43,6 +47,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from atlas_ramp import archive, bids
+from atlas_ramp.testing.archives import encrypt_openssl_file
 
 PASSWORD = "benchmark password"
 IMAGE_BYTES = 6_000_000  # about one compressed 1 mm T1w image
@@ -82,7 +87,7 @@ def build_archive(folder: Path, target_mb: float, seed: int = 0) -> Path:
             if labelled:
                 _add(tar, f"{anat}/{bids.mask_name(subject_id)}", rng.bytes(MASK_BYTES))
     encrypted = folder / f"atlas-{target_mb:g}MB.enc"
-    archive.encrypt_openssl_file(tar_gz, encrypted, PASSWORD)
+    encrypt_openssl_file(tar_gz, encrypted, PASSWORD)
     tar_gz.unlink()
     return encrypted
 
@@ -153,7 +158,7 @@ def run_child(mode: str, source: str, output: str, sha256: str) -> None:
     print(json.dumps(result))
 
 
-def measure(mode: str, source: str, output: Path, sha256: str = "") -> dict:
+def measure_once(mode: str, source: str, output: Path, sha256: str = "") -> dict:
     """Run one install in a fresh process; return its wall time and peak RSS."""
     result = subprocess.run(
         [sys.executable, __file__, "--child", mode, source, str(output), sha256],
@@ -165,6 +170,12 @@ def measure(mode: str, source: str, output: Path, sha256: str = "") -> dict:
         raise RuntimeError(f"{mode} failed:\n{result.stderr}")
     shutil.rmtree(output, ignore_errors=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measure(mode: str, source: str, output: Path, sha256: str = "", repeat=1) -> dict:
+    """The medians of ``repeat`` runs of :func:`measure_once`."""
+    runs = [measure_once(mode, source, output, sha256) for _ in range(repeat)]
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
 # --------------------------------------------------------------------------
@@ -182,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", type=float, nargs="+", default=[100, 600])
     parser.add_argument("--plain-sizes", type=float, nargs="+", default=[100, 200])
     parser.add_argument("--workdir", type=Path, default=None, help="temporary space")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measure")
     parser.add_argument("--child", nargs=4, metavar=("MODE", "SRC", "OUT", "SHA"))
     args = parser.parse_args(argv)
     if args.child:
@@ -211,14 +223,22 @@ def main(argv: list[str] | None = None) -> None:
                     (
                         "stream file",
                         actual,
-                        measure("stream-file", str(path), workdir / "out", sha256),
+                        measure(
+                            "stream-file",
+                            str(path),
+                            workdir / "out",
+                            sha256,
+                            args.repeat,
+                        ),
                     )
                 )
                 rows.append(
                     (
                         "stream http",
                         actual,
-                        measure("stream-http", url, workdir / "out", sha256),
+                        measure(
+                            "stream-http", url, workdir / "out", sha256, args.repeat
+                        ),
                     )
                 )
             if size in args.plain_sizes:
@@ -226,7 +246,9 @@ def main(argv: list[str] | None = None) -> None:
                     (
                         "plain (in memory)",
                         actual,
-                        measure("plain", str(path), workdir / "out"),
+                        measure(
+                            "plain", str(path), workdir / "out", repeat=args.repeat
+                        ),
                     )
                 )
             path.unlink()

@@ -23,3 +23,17 @@ def small_sample(tmp_path_factory):
         progress=False,
     )
     return folder
+
+
+@pytest.fixture(scope="session")
+def release_tree(tmp_path_factory):
+    """A small tree in the layout of the ATLAS R2.0 release, built once per session.
+
+    ``<tmp>/ATLAS_2/{Training,Testing}``: 15 labelled subjects in 3 cohorts (so
+    that every split of the instructor's tests holds every cohort), 3
+    unlabelled. Returns the ``ATLAS_2`` folder; tests must not modify it.
+    """
+    from atlas_ramp.synthetic import write_atlas_release
+
+    root = tmp_path_factory.mktemp("release")
+    return write_atlas_release(root, n_subjects=15, n_unlabelled=3)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import csv
 import errno
+import getpass
 import gzip
 import hashlib
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -21,8 +23,6 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,8 +34,6 @@ from atlas_ramp.archive import (
     UnsafeArchiveError,
     WrongPasswordError,
     decrypt_openssl_stream,
-    encrypt_openssl_file,
-    encrypt_openssl_stream,
     evp_bytes_to_key,
     extract_tar_stream,
     install_atlas,
@@ -44,6 +42,13 @@ from atlas_ramp.archive import (
 )
 from atlas_ramp.bids import DataError, find_subjects
 from atlas_ramp.download import main
+from atlas_ramp.testing import archives as testing_archives
+from atlas_ramp.testing.archives import (
+    encrypt_openssl_file,
+    encrypt_openssl_stream,
+    make_tar_gz,
+    tar_gz_bytes,
+)
 
 PASSWORD = "correct horse battery staple"
 OPENSSL = shutil.which("openssl")
@@ -53,47 +58,6 @@ needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl not installe
 # --------------------------------------------------------------------------
 # Helpers: a small release, its archive, an HTTP server
 # --------------------------------------------------------------------------
-
-
-def write_release(root: Path, n_subjects: int = 8, n_unlabelled: int = 4) -> Path:
-    """Write a tiny ATLAS R2.0-like release: ``root/ATLAS_2/{Training,Testing}``.
-
-    Uses the kit's synthetic generator when it is there, else random 6x7x5
-    volumes under the exact ATLAS names (only names matter here).
-    """
-    try:
-        from atlas_ramp.synthetic import write_atlas_release
-    except ImportError:
-        pass
-    else:
-        write_atlas_release(root, n_subjects=n_subjects, n_unlabelled=n_unlabelled)
-        return root / "ATLAS_2"
-    rng = np.random.default_rng(0)
-    affine = np.diag([4.0, 4.0, 4.0, 1.0])
-    for split, count, labelled in (
-        ("Training", n_subjects, True),
-        ("Testing", n_unlabelled, False),
-    ):
-        for index in range(count):
-            cohort = 1 + index % 3
-            number = index + 1 if labelled else 100 + index
-            subject_id = "sub-" + bids.subject_label(cohort, number)
-            anat = bids.anat_dir(root / "ATLAS_2" / split, subject_id)
-            anat.mkdir(parents=True)
-            image = rng.random((6, 7, 5)).astype(np.float32)
-            nib.save(nib.Nifti1Image(image, affine), anat / bids.t1w_name(subject_id))
-            if labelled:
-                mask = (image > 0.8).astype(np.uint8)
-                nib.save(
-                    nib.Nifti1Image(mask, affine), anat / bids.mask_name(subject_id)
-                )
-    return root / "ATLAS_2"
-
-
-def make_tar_gz(folder: Path, path: Path, arcname: str) -> Path:
-    with tarfile.open(path, "w:gz") as tar:
-        tar.add(folder, arcname=arcname)
-    return path
 
 
 def sha256_of(path: Path) -> str:
@@ -110,41 +74,8 @@ def openssl_encrypt(source: Path, destination: Path, *extra: str) -> Path:
     return destination
 
 
-def tar_gz_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
-    """A .tar.gz in memory from hand-made members (for malicious archives)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for info, content in members:
-            if content is not None:
-                info.size = len(content)
-                tar.addfile(info, io.BytesIO(content))
-            else:
-                tar.addfile(info)
-    return buffer.getvalue()
-
-
 def encrypted_bytes(plain: bytes, password: str = PASSWORD, base64=True) -> bytes:
-    return b"".join(encrypt_openssl_stream([plain], password, base64=base64))
-
-
-_shared_release = {}
-
-
-def shared_release_tree(tmp_path_factory) -> Path:
-    """A small ATLAS_2 release, built once per session (test_instructor uses it).
-
-    15 labelled subjects in 3 cohorts, so that every split of the instructor's
-    tests holds every cohort; 3 unlabelled.
-    """
-    if "tree" not in _shared_release:
-        root = tmp_path_factory.mktemp("release")
-        _shared_release["tree"] = write_release(root, n_subjects=15, n_unlabelled=3)
-    return _shared_release["tree"]
-
-
-@pytest.fixture(scope="module")
-def release_tree(tmp_path_factory) -> Path:
-    return shared_release_tree(tmp_path_factory)
+    return testing_archives.encrypted_bytes(plain, password, base64=base64)
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +144,7 @@ def server(monkeypatch):
     ``server.url`` is the archive's URL; ``server.range_headers`` logs requests.
     """
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setattr(archive, "RETRY_BACKOFF_S", 0.0)
+    monkeypatch.setattr(archive.download, "RETRY_BACKOFF_S", 0.0)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _ArchiveHandler)
     httpd.daemon_threads = True
     httpd.payload, httpd.drop_after, httpd.ignore_range = b"", None, False
@@ -392,7 +323,7 @@ def test_not_an_openssl_file_is_refused():
 def test_install_from_a_local_archive_with_the_checksum(
     release, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(archive, "ATLAS_SHA256", release["sha256"])
+    monkeypatch.setattr(archive.install, "ATLAS_SHA256", release["sha256"])
     monkeypatch.setenv("ATLAS_PASSWORD", PASSWORD)
     output = tmp_path / "data"
     argv = ["--atlas", "--archive", str(release["archive"]), "--output", str(output)]
@@ -411,7 +342,7 @@ def test_install_from_a_local_archive_with_the_checksum(
 
 def test_install_by_download(release, tmp_path, server, monkeypatch):
     server.payload = release["archive"].read_bytes()
-    monkeypatch.setattr(archive, "ATLAS_SHA256", release["sha256"])
+    monkeypatch.setattr(archive.install, "ATLAS_SHA256", release["sha256"])
     monkeypatch.setenv("ATLAS_PASSWORD", PASSWORD)
     output = tmp_path / "data"
     argv = ["--atlas", "--url", server.url, "--output", str(output), "--quiet"]
@@ -707,7 +638,7 @@ def test_links_inside_the_tree_are_extracted(tmp_path):
 def test_not_enough_disk_space_is_refused_before_writing(
     release, existing_data, monkeypatch
 ):
-    monkeypatch.setattr(archive, "EXPANSION_FACTOR", 1e12)
+    monkeypatch.setattr(archive.install, "EXPANSION_FACTOR", 1e12)
     before = snapshot(existing_data)
     with pytest.raises(DataError, match="Not enough disk space"):
         install_over(existing_data, release["archive"], skip_checksum=True)
@@ -718,10 +649,15 @@ def test_not_enough_disk_space_is_refused_before_writing(
 def test_a_full_disk_during_extraction_installs_nothing(
     release, existing_data, monkeypatch
 ):
-    def disk_full(*args):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    check = archive.untar.safe_member
 
-    monkeypatch.setattr(archive, "_extract_regular_file", disk_full)
+    def disk_full(member, *args, **kwargs):
+        # Every member goes through this check just before it is written.
+        if member.isfile():
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return check(member, *args, **kwargs)
+
+    monkeypatch.setattr(archive.untar, "safe_member", disk_full)
     before = snapshot(existing_data)
     with pytest.raises(DataError, match="full"):
         install_over(existing_data, release["archive"], skip_checksum=True)
@@ -730,16 +666,18 @@ def test_a_full_disk_during_extraction_installs_nothing(
 
 
 def _interrupt_on_third_file(monkeypatch):
-    extract = archive._extract_regular_file
+    check = archive.untar.safe_member
     calls = []
 
-    def interrupted(*args):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        extract(*args)
+    def interrupted(member, *args, **kwargs):
+        # Every member goes through this check just before it is written.
+        if member.isfile():
+            calls.append(1)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+        return check(member, *args, **kwargs)
 
-    monkeypatch.setattr(archive, "_extract_regular_file", interrupted)
+    monkeypatch.setattr(archive.untar, "safe_member", interrupted)
 
 
 def test_an_interrupted_run_installs_nothing(release, existing_data, monkeypatch):
@@ -778,7 +716,7 @@ def test_password_from_file_env_or_prompt(tmp_path, monkeypatch):
     monkeypatch.delenv("ATLAS_PASSWORD", raising=False)
     prompts = []
     monkeypatch.setattr(
-        archive.getpass, "getpass", lambda prompt: prompts.append(prompt) or "typed"
+        getpass, "getpass", lambda prompt: prompts.append(prompt) or "typed"
     )
     password_file = tmp_path / "pw"
     password_file.write_text("from file\r\nsecond line\n")
@@ -796,6 +734,204 @@ def test_password_errors_say_what_to_do(tmp_path, monkeypatch):
     (tmp_path / "empty").write_text("")
     with pytest.raises(DataError, match="is empty"):
         resolve_password(tmp_path / "empty")
-    monkeypatch.setattr(archive.getpass, "getpass", lambda prompt: "")
+    monkeypatch.setattr(getpass, "getpass", lambda prompt: "")
     with pytest.raises(DataError, match="ATLAS_PASSWORD"):
         resolve_password()
+
+
+# --------------------------------------------------------------------------
+# Files encrypted another way, and wrong passwords that look right
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "maker, option",
+    [("openssl", "-pbkdf2"), ("python", "-pbkdf2"), ("python", "-md md5")],
+)
+def test_an_archive_encrypted_another_way_is_named_as_such(
+    maker, option, release, existing_data, tmp_path, capsys, monkeypatch
+):
+    made = tmp_path / "other.enc"
+    if maker == "openssl":
+        if OPENSSL is None:
+            pytest.skip("openssl not installed")
+        openssl_encrypt(release["tar_gz"], made, "-a", *option.split())
+    else:
+        derivation = {"-pbkdf2": "pbkdf2", "-md md5": "md-md5"}[option]
+        encrypt_openssl_file(
+            release["tar_gz"], made, PASSWORD, key_derivation=derivation
+        )
+    before = snapshot(existing_data)
+    monkeypatch.setenv("ATLAS_PASSWORD", PASSWORD)
+    argv = ["--atlas", "--archive", str(made), "--force", "--quiet"]
+    assert main([*argv, "--output", str(existing_data)]) == 1
+    message = capsys.readouterr().err
+    assert f"encrypted with 'openssl enc {option}'" in message
+    assert "not in the format of the ATLAS archive" in message
+    assert "the password is right" in message and "Wrong password" not in message
+    assert snapshot(existing_data) == before
+    assert_nothing_left_behind(existing_data)
+
+
+def test_a_wrong_password_says_the_format_may_be_another(release, tmp_path):
+    made = encrypt_openssl_file(
+        release["tar_gz"], tmp_path / "x.enc", PASSWORD, key_derivation="pbkdf2"
+    )
+    with pytest.raises(WrongPasswordError) as raised:
+        install_atlas(tmp_path / "data", made, password="wrong", progress=False)
+    assert "Wrong password" in str(raised.value)
+    assert "or the file is not in the ATLAS format" in str(raised.value)
+    assert "-pbkdf2" in str(raised.value)
+
+
+LUCKY_PASSWORD = "a wrong password, but a lucky one"
+
+
+@pytest.fixture(scope="module")
+def lucky_archive(release, tmp_path_factory) -> Path:
+    """The release, encrypted so that LUCKY_PASSWORD passes the first-block check."""
+    data = testing_archives.lucky_wrong_password_archive(
+        release["tar_gz"].read_bytes(), PASSWORD, LUCKY_PASSWORD
+    )
+    path = tmp_path_factory.mktemp("lucky") / archive.ATLAS_ARCHIVE_NAME
+    path.write_bytes(data)
+    return path
+
+
+def test_the_lucky_password_passes_the_first_check_and_only_it(lucky_archive):
+    head = lucky_archive.read_bytes()[:64]
+    archive.check_password(head, LUCKY_PASSWORD, name="lucky")  # the premise
+    archive.check_password(head, PASSWORD, name="lucky")
+    with pytest.raises(WrongPasswordError):
+        archive.check_password(head, "another wrong password", name="lucky")
+
+
+def test_a_lucky_wrong_password_on_an_intact_file_is_not_sent_to_download(
+    lucky_archive, existing_data
+):
+    before = snapshot(existing_data)
+    with pytest.raises(WrongPasswordError) as raised:
+        install_over(
+            existing_data,
+            lucky_archive,
+            password=LUCKY_PASSWORD,
+            expected_sha256=sha256_of(lucky_archive),
+        )
+    message = str(raised.value)
+    assert "Wrong password" in message and "the file is intact" in message
+    assert "download" not in message.lower()
+    assert snapshot(existing_data) == before
+    assert_nothing_left_behind(existing_data)
+
+
+def test_a_lucky_wrong_password_without_checksum_puts_the_password_first(
+    lucky_archive, existing_data
+):
+    with pytest.raises(DataError) as raised:
+        install_over(
+            existing_data, lucky_archive, password=LUCKY_PASSWORD, skip_checksum=True
+        )
+    assert isinstance(raised.value, (CorruptArchiveError, WrongPasswordError))
+    message = str(raised.value)
+    assert "password is wrong" in message
+    assert message.index("password") < message.lower().index("download")
+
+
+def test_a_lucky_wrong_password_keeps_the_download(
+    release, lucky_archive, existing_data, server
+):
+    server.payload = lucky_archive.read_bytes()
+    options = dict(
+        url=server.url,
+        expected_sha256=sha256_of(lucky_archive),
+        force=True,
+        progress=False,
+    )
+    with pytest.raises(WrongPasswordError, match="the file is intact"):
+        install_atlas(existing_data, password=LUCKY_PASSWORD, **options)
+    part = existing_data / ".downloads" / f"{archive.ATLAS_ARCHIVE_NAME}.part"
+    assert part.read_bytes() == server.payload  # kept, whole
+    install_atlas(existing_data, password=PASSWORD, **options)
+    assert server.range_headers[-1] == f"bytes={len(server.payload)}-"  # not again
+    assert_installed(existing_data, release)
+
+
+def test_a_wrong_password_in_a_download_stops_at_the_first_bytes(
+    release, existing_data, server
+):
+    server.payload = release["archive"].read_bytes()
+    with pytest.raises(WrongPasswordError, match="Wrong password"):
+        install_atlas(
+            existing_data,
+            url=server.url,
+            password="not the password",
+            expected_sha256=release["sha256"],
+            force=True,
+            progress=False,
+        )
+    # The bytes received are kept for the next run, not deleted.
+    part = existing_data / ".downloads" / f"{archive.ATLAS_ARCHIVE_NAME}.part"
+    assert server.payload.startswith(part.read_bytes())
+
+
+# --------------------------------------------------------------------------
+# Links: what tarfile's filter leaves to us
+# --------------------------------------------------------------------------
+
+
+def test_a_chain_of_links_longer_than_path_max_is_refused(tmp_path):
+    # The shape of CVE-2025-4517: the resolved path of the last link exceeds
+    # PATH_MAX, where older Pythons' realpath silently stops resolving, so that
+    # 'escape' looks inside while it points above the tree, and a hard link
+    # through it would overwrite a file outside.
+    component, steps = "d" * 247, "abcdefghijklmnop"
+    members, path = [], ""
+    for step in steps:
+        members.append((_member(os.path.join(path, component), tarfile.DIRTYPE), None))
+        members.append(
+            (_member(os.path.join(path, step), tarfile.SYMTYPE, component), None)
+        )
+        path = os.path.join(path, component)
+    link_path = os.path.join(*steps, "l" * 254)
+    up = os.path.join(*[".."] * len(steps))
+    members += [
+        (_member(link_path, tarfile.SYMTYPE, up), None),
+        (_member("escape", tarfile.SYMTYPE, os.path.join(link_path, "..")), None),
+        (_member("flaglink", tarfile.LNKTYPE, "escape/flag"), None),
+        (_member("flaglink"), b"overwritten"),
+    ]
+    flag = tmp_path / "flag"
+    flag.write_text("original")
+    tar_bytes = gzip.decompress(tar_gz_bytes(members))
+    with pytest.raises(UnsafeArchiveError):
+        extract_tar_stream(io.BytesIO(tar_bytes), tmp_path / "out")
+    assert flag.read_text() == "original"
+
+
+def test_links_are_followed_as_written_and_loops_refused(tmp_path):
+    root = os.path.realpath(tmp_path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "to_a").symlink_to("a")
+    (tmp_path / "loop1").symlink_to("loop2")
+    (tmp_path / "loop2").symlink_to("loop1")
+    for relative in ("to_a/x/../y", "to_a/../a/z", "missing/../to_a"):
+        path = os.path.join(root, relative)
+        assert archive.untar._resolve(path, {}) == os.path.realpath(path)
+    with pytest.raises(OSError):
+        archive.untar._resolve(os.path.join(root, "loop1/x"), {})
+    # A link created normalised is followed with the target the archive wrote.
+    written = {os.path.join(root, "to_a"): ".."}
+    assert archive.untar._resolve(os.path.join(root, "to_a"), written) == (
+        os.path.dirname(root)
+    )
+
+
+def test_links_are_created_normalised(tmp_path):
+    members = [
+        (_member("top/a/file.txt"), b"content"),
+        (_member("top/b/link.txt", tarfile.SYMTYPE, "../b/../a/./file.txt"), None),
+    ]
+    destination = tmp_path / "out"
+    extract_tar_stream(io.BytesIO(gzip.decompress(tar_gz_bytes(members))), destination)
+    assert os.readlink(destination / "top/b/link.txt") == "../a/file.txt"
+    assert (destination / "top/b/link.txt").read_text() == "content"

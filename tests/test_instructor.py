@@ -20,13 +20,11 @@ from atlas_ramp.instructor import (
     verify_no_leak,
 )
 
-from .test_archive import shared_release_tree
-
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory) -> Path:
+def source(release_tree) -> Path:
     """A labelled source: 15 subjects from 3 cohorts, in an ATLAS_2 folder."""
-    return shared_release_tree(tmp_path_factory)
+    return release_tree
 
 
 def ids_in(folder: Path) -> set[str]:
