@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nilearn.datasets import load_mni152_template
 from scipy import ndimage
 
 from atlas_ramp import bids, synthetic
 from atlas_ramp.bids import DataError
 from atlas_ramp.montage import main as montage_main
 from atlas_ramp.montage import render_montage
+from atlas_ramp.testing.release import write_atlas_release
 
 SHAPE_4MM = (50, 59, 48)  # ceil((197, 233, 189) / 4)
 TINY = dict(n_train=2, n_test=1, n_cohorts=1, seed=0, downsample=6, progress=False)
@@ -139,7 +141,7 @@ def test_dataset_description(small_sample):
 
 def test_images_and_masks(small_sample):
     expected_affine = synthetic.downsampled_affine(
-        nib.load(synthetic._template_paths()["t1"]).affine, 4
+        load_mni152_template(resolution=1).affine, 4
     )
     for subject in bids.find_subjects(small_sample / "train")[:6]:
         t1_image, mask_image = nib.load(subject.t1w_path), nib.load(subject.mask_path)
@@ -168,7 +170,7 @@ def test_lesions_are_darker_than_white_matter():
 
 
 def test_downsampled_affine_keeps_the_field_of_view_corner():
-    affine = nib.load(synthetic._template_paths()["t1"]).affine
+    affine = load_mni152_template(resolution=1).affine
     for factor in (1, 2, 4, 6):
         coarse = synthetic.downsampled_affine(affine, factor)
         fine_corner = affine @ [-0.5, -0.5, -0.5, 1]
@@ -249,7 +251,8 @@ def test_rendered_lesions_follow_their_plan():
     for index in range(24):
         seed = synthetic.subject_seed(7, index)
         subject = synthetic.make_subject(seed, None, anatomy)
-        plan = synthetic.sample_lesion_plan(synthetic._child_rng(seed, synthetic._PLAN))
+        plan_rng = synthetic.streams.child_rng(seed, synthetic.streams.PLAN)
+        plan = synthetic.sample_lesion_plan(plan_rng)
         drawn = subject.info["lesions"]
         assert [(d["location"], d["hemisphere"]) for d in drawn] == [
             (p.location, p.hemisphere) for p in plan
@@ -361,7 +364,7 @@ def fail_after(monkeypatch, n_subjects: int):
         calls.append(args)
         return real_writer(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "write_subject", writer)
+    monkeypatch.setattr(synthetic.sample, "write_subject", writer)
 
 
 def test_interrupted_first_build_leaves_nothing(tmp_path, monkeypatch):
@@ -395,7 +398,7 @@ def test_nifti_is_never_half_written(tmp_path, monkeypatch):
     def broken_compress(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(synthetic.gzip, "compress", broken_compress)
+    monkeypatch.setattr(synthetic.files.gzip, "compress", broken_compress)
     with pytest.raises(OSError, match="disk full"):
         synthetic.write_subject(tmp_path, "sub-r001s001", subject)
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
@@ -419,9 +422,7 @@ def test_foreign_data_is_not_overwritten(tmp_path):
 
 
 def test_write_atlas_release_layout(tmp_path):
-    release = synthetic.write_atlas_release(
-        tmp_path, n_subjects=5, n_unlabelled=3, downsample=6
-    )
+    release = write_atlas_release(tmp_path, n_subjects=5, n_unlabelled=3, downsample=6)
     assert release == tmp_path / "ATLAS_2"
     training = bids.find_subjects(release / "Training")
     testing = bids.find_subjects(release / "Testing")
@@ -435,6 +436,13 @@ def test_write_atlas_release_layout(tmp_path):
         assert relative.parts[0] in {"Training", "Testing"}
         assert relative.parts[1] == subject.cohort
         assert relative.parts[2:4] == (subject.subject_id, "ses-1")
+
+
+def test_release_writer_is_still_importable_from_synthetic():
+    # Transitional re-export for code written before atlas_ramp.testing.
+    from atlas_ramp.synthetic import write_atlas_release as old_name
+
+    assert old_name is write_atlas_release
 
 
 def test_montage_png(small_sample, tmp_path, capsys):
