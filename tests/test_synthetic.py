@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import re
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from scipy import ndimage
 
 from atlas_ramp import bids, synthetic
 from atlas_ramp.bids import DataError
+from atlas_ramp.download import main as download_main
 from atlas_ramp.montage import main as montage_main
 from atlas_ramp.montage import render_montage
 from atlas_ramp.testing.release import write_atlas_release
@@ -414,6 +416,55 @@ def test_foreign_data_is_not_overwritten(tmp_path):
     assert precious.read_bytes() == b"real ATLAS data"
     synthetic.build_sample(output, **TINY, force=True)
     assert not precious.exists()
+
+
+# --------------------------------------------------------------------------
+# Worker processes
+# --------------------------------------------------------------------------
+
+
+def test_available_cpus_is_portable(monkeypatch):
+    monkeypatch.setattr(os, "process_cpu_count", lambda: 5, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert synthetic.available_cpus() == 5  # Python 3.13+
+    monkeypatch.delattr(os, "process_cpu_count")
+    assert synthetic.available_cpus() == 3  # Linux before 3.13
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 7)
+    assert synthetic.available_cpus() == 7  # macOS, Windows
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert synthetic.available_cpus() == 1
+
+
+def test_default_jobs_use_the_cores_that_are_there(monkeypatch):
+    monkeypatch.setattr(synthetic.sample, "available_cpus", lambda: 12)
+    monkeypatch.setattr(synthetic.sample, "physical_memory", lambda: 256e9)
+    assert synthetic.default_jobs(56, 1) == 12  # no longer capped at 2
+    assert synthetic.default_jobs(56, 2) == 12
+    assert synthetic.default_jobs(10, 1) == 10  # at most one per subject
+    assert synthetic.default_jobs(5, 1) == 1  # too few subjects to pay off
+    assert synthetic.default_jobs(56, 4) == 1  # small volumes: one process
+    monkeypatch.setattr(synthetic.sample, "physical_memory", lambda: 8e9)
+    assert synthetic.default_jobs(56, 1) == 3  # half of 8 GB / 1.2 GB a worker
+    assert synthetic.default_jobs(56, 2) == 12  # 2 mm workers need 1/8 of it
+    monkeypatch.setattr(synthetic.sample, "physical_memory", lambda: None)
+    assert synthetic.default_jobs(56, 1) == 12
+    monkeypatch.setattr(synthetic.sample, "available_cpus", lambda: 1)
+    assert synthetic.default_jobs(56, 1) == 1
+
+
+def test_jobs_option_of_download_data(tmp_path, monkeypatch, capsys):
+    with pytest.raises(ValueError, match="n_jobs"):
+        synthetic.build_sample(tmp_path / "data", **TINY, n_jobs=0)
+    calls = []
+    monkeypatch.setattr(synthetic, "build_sample", lambda **kw: calls.append(kw))
+    assert download_main(["--output", str(tmp_path), "--jobs", "3"]) == 0
+    assert download_main(["--output", str(tmp_path)]) == 0
+    assert [call["n_jobs"] for call in calls] == [3, None]
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(SystemExit):
+            download_main(["--output", str(tmp_path), "--jobs", bad])
+        assert "positive integer" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------

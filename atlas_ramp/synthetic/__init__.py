@@ -78,7 +78,9 @@ from .sample import (
     COMPLETION_MARKER,
     SPLITS,
     SubjectRecord,
+    available_cpus,
     build_sample,
+    default_jobs,
     plan_subjects,
 )
 from .scanners import BLURRED_COHORTS, CohortProfile, make_cohort_profiles
@@ -102,7 +104,9 @@ __all__ = [
     "LesionPlan",
     "SubjectRecord",
     "SyntheticSubject",
+    "available_cpus",
     "build_sample",
+    "default_jobs",
     "downsampled_affine",
     "load_anatomy",
     "make_cohort_profiles",

@@ -127,11 +127,52 @@ def _generate_one(task) -> dict:
     return participant_row(record.subject_id, record.cohort, subject)
 
 
-def _default_jobs(n_subjects: int, downsample: int) -> int:
-    # Worth a second process only for full-size volumes.
+def available_cpus() -> int:
+    """CPU cores this process may use, portably.
+
+    ``os.process_cpu_count`` (Python 3.13+) and ``os.sched_getaffinity``
+    (Linux) count the cores the process is allowed to run on (a container's or
+    ``taskset``'s share); ``os.cpu_count`` (macOS, Windows) counts the
+    machine's.
+    """
+    if hasattr(os, "process_cpu_count"):
+        return os.process_cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+#: Memory one worker process may need at 1 mm (bytes): its own copy of the
+#: template anatomy (where processes are spawned, as on macOS and Windows) and
+#: one subject's working arrays. Measured at about 1.04 GB peak.
+WORKER_MEMORY_1MM = 1.2e9
+
+
+def physical_memory() -> int | None:
+    """The machine's memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no os.sysconf on Windows
+        return None
+
+
+def default_jobs(n_subjects: int, downsample: int) -> int:
+    """Worker processes :func:`build_sample` uses when ``n_jobs`` is not given.
+
+    For full-size volumes (1 and 2 mm), one per usable core
+    (:func:`available_cpus`), at most one per subject, and no more than half
+    of the machine's memory holds (:data:`WORKER_MEMORY_1MM` each at 1 mm).
+    A single process for a few subjects or coarse grids, where starting
+    workers costs more than it saves.
+    """
     if n_subjects < 8 or downsample > 2:
         return 1
-    return max(1, min(2, os.cpu_count() or 1))
+    jobs = min(available_cpus(), n_subjects)
+    memory = physical_memory()
+    if memory:
+        per_worker = WORKER_MEMORY_1MM / downsample**3
+        jobs = min(jobs, int(memory / 2 // per_worker))
+    return max(1, jobs)
 
 
 def _read_marker(output_dir: Path) -> dict | None:
@@ -247,8 +288,8 @@ def build_sample(
     progress : bool
         Show a progress bar.
     n_jobs : int, optional
-        Worker processes; by default 2 (if the machine has them) for
-        full-size volumes, else 1. Results do not depend on it.
+        Worker processes; by default :func:`default_jobs` (one per usable core
+        for full-size volumes, as memory allows). Results do not depend on it.
 
     Returns
     -------
@@ -264,6 +305,8 @@ def build_sample(
     downsample = check_downsample(downsample)
     if int(seed) != seed or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    if n_jobs is not None and (int(n_jobs) != n_jobs or n_jobs < 1):
+        raise ValueError(f"n_jobs must be a positive integer, got {n_jobs!r}.")
     output_dir = Path(output_dir)
     parameters = {
         "generator": GENERATOR_NAME,
@@ -318,7 +361,7 @@ def build_sample(
             (record, profiles[record.cohort], seed, downsample, partial / record.split)
             for record in records
         ]
-        n_jobs = _default_jobs(len(tasks), downsample) if n_jobs is None else n_jobs
+        n_jobs = default_jobs(len(tasks), downsample) if n_jobs is None else n_jobs
         rows = _generate(tasks, n_jobs, downsample, progress)
         for split in SPLITS:
             write_split_description(partial / split, split, parameters)
