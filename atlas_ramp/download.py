@@ -42,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="integer downsampling factor of the 1 mm grid (tests use 4); default 1",
     )
+    synthetic.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="worker processes (default: one per usable CPU core for 1-2 mm "
+        "volumes, as memory allows; 1 for coarser grids)",
+    )
     atlas = parser.add_argument_group("real ATLAS R2.0 archive (--atlas)")
     atlas.add_argument(
         "--atlas",
@@ -107,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                 downsample=args.downsample,
                 force=args.force,
                 progress=not args.quiet,
+                n_jobs=args.jobs,
             )
     except (DataError, OSError) as error:
         if isinstance(error.__cause__, KeyboardInterrupt):
@@ -121,3 +130,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     return 0
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value

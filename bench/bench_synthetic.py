@@ -76,7 +76,7 @@ def time_default_sample() -> None:
         synthetic.build_sample(folder, progress=False)
         elapsed, cpu = time.perf_counter() - start, cpu_seconds() - start_cpu
         size = sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-    jobs = synthetic._default_jobs(56, 1)
+    jobs = synthetic.sample._default_jobs(56, 1)
     print(
         f"default sample (40 + 16 subjects, 1 mm, {jobs} worker processes, "
         f"{os.cpu_count()} CPUs): {elapsed:.0f} s wall, {cpu:.0f} s CPU in all "

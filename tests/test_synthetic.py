@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import re
 from pathlib import Path
 
@@ -10,12 +11,15 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nilearn.datasets import load_mni152_template
 from scipy import ndimage
 
 from atlas_ramp import bids, synthetic
 from atlas_ramp.bids import DataError
+from atlas_ramp.download import main as download_main
 from atlas_ramp.montage import main as montage_main
 from atlas_ramp.montage import render_montage
+from atlas_ramp.testing.release import write_atlas_release
 
 SHAPE_4MM = (50, 59, 48)  # ceil((197, 233, 189) / 4)
 TINY = dict(n_train=2, n_test=1, n_cohorts=1, seed=0, downsample=6, progress=False)
@@ -139,7 +143,7 @@ def test_dataset_description(small_sample):
 
 def test_images_and_masks(small_sample):
     expected_affine = synthetic.downsampled_affine(
-        nib.load(synthetic._template_paths()["t1"]).affine, 4
+        load_mni152_template(resolution=1).affine, 4
     )
     for subject in bids.find_subjects(small_sample / "train")[:6]:
         t1_image, mask_image = nib.load(subject.t1w_path), nib.load(subject.mask_path)
@@ -168,7 +172,7 @@ def test_lesions_are_darker_than_white_matter():
 
 
 def test_downsampled_affine_keeps_the_field_of_view_corner():
-    affine = nib.load(synthetic._template_paths()["t1"]).affine
+    affine = load_mni152_template(resolution=1).affine
     for factor in (1, 2, 4, 6):
         coarse = synthetic.downsampled_affine(affine, factor)
         fine_corner = affine @ [-0.5, -0.5, -0.5, 1]
@@ -249,7 +253,8 @@ def test_rendered_lesions_follow_their_plan():
     for index in range(24):
         seed = synthetic.subject_seed(7, index)
         subject = synthetic.make_subject(seed, None, anatomy)
-        plan = synthetic.sample_lesion_plan(synthetic._child_rng(seed, synthetic._PLAN))
+        plan_rng = synthetic.streams.child_rng(seed, synthetic.streams.PLAN)
+        plan = synthetic.sample_lesion_plan(plan_rng)
         drawn = subject.info["lesions"]
         assert [(d["location"], d["hemisphere"]) for d in drawn] == [
             (p.location, p.hemisphere) for p in plan
@@ -361,7 +366,7 @@ def fail_after(monkeypatch, n_subjects: int):
         calls.append(args)
         return real_writer(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, "write_subject", writer)
+    monkeypatch.setattr(synthetic.sample, "write_subject", writer)
 
 
 def test_interrupted_first_build_leaves_nothing(tmp_path, monkeypatch):
@@ -395,7 +400,7 @@ def test_nifti_is_never_half_written(tmp_path, monkeypatch):
     def broken_compress(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(synthetic.gzip, "compress", broken_compress)
+    monkeypatch.setattr(synthetic.files.gzip, "compress", broken_compress)
     with pytest.raises(OSError, match="disk full"):
         synthetic.write_subject(tmp_path, "sub-r001s001", subject)
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
@@ -414,14 +419,61 @@ def test_foreign_data_is_not_overwritten(tmp_path):
 
 
 # --------------------------------------------------------------------------
+# Worker processes
+# --------------------------------------------------------------------------
+
+
+def test_available_cpus_is_portable(monkeypatch):
+    monkeypatch.setattr(os, "process_cpu_count", lambda: 5, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert synthetic.available_cpus() == 5  # Python 3.13+
+    monkeypatch.delattr(os, "process_cpu_count")
+    assert synthetic.available_cpus() == 3  # Linux before 3.13
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 7)
+    assert synthetic.available_cpus() == 7  # macOS, Windows
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert synthetic.available_cpus() == 1
+
+
+def test_default_jobs_use_the_cores_that_are_there(monkeypatch):
+    monkeypatch.setattr(synthetic.sample, "available_cpus", lambda: 12)
+    monkeypatch.setattr(synthetic.sample, "physical_memory", lambda: 256e9)
+    assert synthetic.default_jobs(56, 1) == 12  # no longer capped at 2
+    assert synthetic.default_jobs(56, 2) == 12
+    assert synthetic.default_jobs(10, 1) == 10  # at most one per subject
+    assert synthetic.default_jobs(5, 1) == 1  # too few subjects to pay off
+    assert synthetic.default_jobs(56, 4) == 1  # small volumes: one process
+    monkeypatch.setattr(synthetic.sample, "physical_memory", lambda: 8e9)
+    assert synthetic.default_jobs(56, 1) == 3  # half of 8 GB / 1.2 GB a worker
+    assert synthetic.default_jobs(56, 2) == 12  # 2 mm workers need 1/8 of it
+    monkeypatch.setattr(synthetic.sample, "physical_memory", lambda: None)
+    assert synthetic.default_jobs(56, 1) == 12
+    monkeypatch.setattr(synthetic.sample, "available_cpus", lambda: 1)
+    assert synthetic.default_jobs(56, 1) == 1
+
+
+def test_jobs_option_of_download_data(tmp_path, monkeypatch, capsys):
+    with pytest.raises(ValueError, match="n_jobs"):
+        synthetic.build_sample(tmp_path / "data", **TINY, n_jobs=0)
+    calls = []
+    monkeypatch.setattr(synthetic, "build_sample", lambda **kw: calls.append(kw))
+    assert download_main(["--output", str(tmp_path), "--jobs", "3"]) == 0
+    assert download_main(["--output", str(tmp_path)]) == 0
+    assert [call["n_jobs"] for call in calls] == [3, None]
+    for bad in ("0", "-2", "two"):
+        with pytest.raises(SystemExit):
+            download_main(["--output", str(tmp_path), "--jobs", bad])
+        assert "positive integer" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------
 # Release layout and montage
 # --------------------------------------------------------------------------
 
 
 def test_write_atlas_release_layout(tmp_path):
-    release = synthetic.write_atlas_release(
-        tmp_path, n_subjects=5, n_unlabelled=3, downsample=6
-    )
+    release = write_atlas_release(tmp_path, n_subjects=5, n_unlabelled=3, downsample=6)
     assert release == tmp_path / "ATLAS_2"
     training = bids.find_subjects(release / "Training")
     testing = bids.find_subjects(release / "Testing")
@@ -435,6 +487,13 @@ def test_write_atlas_release_layout(tmp_path):
         assert relative.parts[0] in {"Training", "Testing"}
         assert relative.parts[1] == subject.cohort
         assert relative.parts[2:4] == (subject.subject_id, "ses-1")
+
+
+def test_release_writer_is_still_importable_from_synthetic():
+    # Transitional re-export for code written before atlas_ramp.testing.
+    from atlas_ramp.synthetic import write_atlas_release as old_name
+
+    assert old_name is write_atlas_release
 
 
 def test_montage_png(small_sample, tmp_path, capsys):

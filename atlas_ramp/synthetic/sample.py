@@ -1,0 +1,382 @@
+"""A whole sample: who the subjects are, and the atomic, resumable build.
+
+:func:`plan_subjects` spreads subjects over cohorts of unequal sizes and splits
+them into train and test; :func:`build_sample` generates them (in worker
+processes for full-size volumes) and writes the splits in the ATLAS R2.0 layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .._io import atomic_write_bytes, swap_into_place, write_json
+from ..bids import DataError, cohort_of, subject_label
+from ..splits import stratified_holdout
+from .anatomy import check_downsample, load_anatomy
+from .files import (
+    GENERATOR_NAME,
+    GENERATOR_VERSION,
+    participant_row,
+    write_participants,
+    write_split_description,
+    write_subject,
+)
+from .scanners import make_cohort_profiles
+from .streams import LAYOUT_STREAM, subject_seed
+from .subject import make_subject
+
+SPLITS = ("train", "test")
+COMPLETION_MARKER = ".complete"
+
+
+@dataclass(frozen=True)
+class SubjectRecord:
+    """Who a subject of a sample is: ID, cohort, generation index and split."""
+
+    subject_id: str
+    cohort: str
+    index: int
+    split: str
+
+
+def _cohort_sizes(n_total: int, n_cohorts: int, rng) -> np.ndarray:
+    """Unequal cohort sizes adding up to ``n_total``, at least 2 each if possible."""
+    minimum = 2 if n_total >= 2 * n_cohorts else 1
+    weights = rng.gamma(1.5, size=n_cohorts) + 0.3
+    extra = rng.multinomial(n_total - minimum * n_cohorts, weights / weights.sum())
+    return minimum + extra
+
+
+def _subject_ids(sizes, first_cohort: int = 1) -> list[str]:
+    """ATLAS IDs of cohorts of these sizes, subjects numbered within a cohort."""
+    return [
+        "sub-" + subject_label(cohort_number, subject_number)
+        for cohort_number, size in enumerate(sizes, start=first_cohort)
+        for subject_number in range(1, size + 1)
+    ]
+
+
+def plan_subjects(
+    n_train: int, n_test: int, n_cohorts: int, seed: int = 0
+) -> list[SubjectRecord]:
+    """Subjects of a sample: IDs, cohorts and a cohort-stratified train/test split.
+
+    ``n_train + n_test`` subjects are spread over cohorts of unequal sizes, then
+    split with :func:`atlas_ramp.splits.stratified_holdout`; when its rounding
+    misses ``n_test`` by a few subjects, they are moved between the sides from
+    the cohorts that have the most, so the counts are exact.
+
+    Returns
+    -------
+    list of SubjectRecord
+        In generation order (cohort by cohort); ``index`` is the subject's
+        number in :func:`~atlas_ramp.synthetic.subject_seed`.
+    """
+    n_total = n_train + n_test
+    if n_train < 1 or n_test < 0:
+        raise ValueError(f"Need n_train >= 1 and n_test >= 0, got {n_train}, {n_test}.")
+    if not 1 <= n_cohorts <= n_total:
+        raise ValueError(
+            f"n_cohorts must be between 1 and the number of subjects ({n_total}), "
+            f"got {n_cohorts}."
+        )
+    if n_cohorts > 999:
+        raise ValueError("ATLAS names allow at most 999 cohorts.")
+    rng = np.random.default_rng([int(seed), LAYOUT_STREAM])
+    ids = _subject_ids(_cohort_sizes(n_total, n_cohorts, rng))
+    cohorts = [cohort_of(subject_id) for subject_id in ids]
+    test = set()
+    if n_test > 0:
+        _, held_out = stratified_holdout(ids, cohorts, n_test / n_total, seed=seed)
+        test = set(held_out)
+    cohort_of_id = dict(zip(ids, cohorts, strict=True))
+    while len(test) != n_test:
+        moving_to_test = len(test) < n_test
+        pool = [s for s in ids if (s in test) != moving_to_test]
+        counts = {}
+        for subject in pool:
+            counts[cohort_of_id[subject]] = counts.get(cohort_of_id[subject], 0) + 1
+        fullest = max(sorted(counts), key=counts.get)
+        candidates = [s for s in pool if cohort_of_id[s] == fullest]
+        chosen = candidates[int(rng.integers(len(candidates)))]
+        if moving_to_test:
+            test.add(chosen)
+        else:
+            test.remove(chosen)
+    return [
+        SubjectRecord(s, c, index, "test" if s in test else "train")
+        for index, (s, c) in enumerate(zip(ids, cohorts, strict=True))
+    ]
+
+
+def _generate_one(task) -> dict:
+    """Generate and write one subject; returns its participants.tsv row."""
+    record, profile, seed, downsample, split_dir = task
+    subject = make_subject(
+        subject_seed(seed, record.index), profile, load_anatomy(downsample)
+    )
+    write_subject(split_dir, record.subject_id, subject)
+    return participant_row(record.subject_id, record.cohort, subject)
+
+
+def available_cpus() -> int:
+    """CPU cores this process may use, portably.
+
+    ``os.process_cpu_count`` (Python 3.13+) and ``os.sched_getaffinity``
+    (Linux) count the cores the process is allowed to run on (a container's or
+    ``taskset``'s share); ``os.cpu_count`` (macOS, Windows) counts the
+    machine's.
+    """
+    if hasattr(os, "process_cpu_count"):
+        return os.process_cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+#: Memory one worker process may need at 1 mm (bytes): its own copy of the
+#: template anatomy (where processes are spawned, as on macOS and Windows) and
+#: one subject's working arrays. Measured at about 1.04 GB peak.
+WORKER_MEMORY_1MM = 1.2e9
+
+
+def physical_memory() -> int | None:
+    """The machine's memory in bytes, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no os.sysconf on Windows
+        return None
+
+
+def default_jobs(n_subjects: int, downsample: int) -> int:
+    """Worker processes :func:`build_sample` uses when ``n_jobs`` is not given.
+
+    For full-size volumes (1 and 2 mm), one per usable core
+    (:func:`available_cpus`), at most one per subject, and no more than half
+    of the machine's memory holds (:data:`WORKER_MEMORY_1MM` each at 1 mm).
+    A single process for a few subjects or coarse grids, where starting
+    workers costs more than it saves.
+    """
+    if n_subjects < 8 or downsample > 2:
+        return 1
+    jobs = min(available_cpus(), n_subjects)
+    memory = physical_memory()
+    if memory:
+        per_worker = WORKER_MEMORY_1MM / downsample**3
+        jobs = min(jobs, int(memory / 2 // per_worker))
+    return max(1, jobs)
+
+
+def _read_marker(output_dir: Path) -> dict | None:
+    try:
+        return json.loads((output_dir / COMPLETION_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _count_images(split_dir: Path) -> int:
+    return sum(
+        1
+        for path in split_dir.glob("R*/sub-*/ses-*/anat/*_T1w.nii.gz")
+        if not path.name.startswith(".")
+    )
+
+
+def _has_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def _remove_leftovers(output_dir: Path) -> None:
+    """Remove temporary folders that an interrupted run left behind."""
+    for name in (*SPLITS, "sample"):
+        for pattern in (f".{name}.partial-*", f".{name}.old-*"):
+            for leftover in output_dir.glob(pattern):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _swap_in(partial: Path, output_dir: Path, trash: Path) -> None:
+    """Replace the old splits by the new, complete ones (all or none)."""
+    marker = output_dir / COMPLETION_MARKER
+    old_marker = marker.read_bytes() if marker.is_file() else None
+    # The data are about to change: while they do, the old marker must not
+    # vouch for them. If the swap fails, the old data and marker come back.
+    marker.unlink(missing_ok=True)
+    try:
+        swap_into_place(partial, output_dir, SPLITS, trash)
+    except BaseException:
+        if old_marker is not None:
+            atomic_write_bytes(marker, old_marker)
+        raise
+
+
+def _generate(tasks, n_jobs: int, downsample: int, progress: bool) -> list[dict]:
+    """Run :func:`_generate_one` on every task, in order; returns the rows."""
+    rows = []
+    with tqdm(
+        total=len(tasks),
+        desc=f"Synthetic sample ({downsample} mm)",
+        unit="subject",
+        disable=not progress,
+    ) as bar:
+        if n_jobs > 1:
+            import multiprocessing
+
+            load_anatomy(downsample)  # once, shared by forked workers
+            with multiprocessing.Pool(n_jobs) as pool:
+                for row in pool.imap(_generate_one, tasks):
+                    rows.append(row)
+                    bar.update()
+        else:
+            for task in tasks:
+                rows.append(_generate_one(task))
+                bar.update()
+    return rows
+
+
+def build_sample(
+    output_dir,
+    n_train: int = 40,
+    n_test: int = 16,
+    n_cohorts: int = 6,
+    seed: int = 0,
+    downsample: int = 1,
+    force: bool = False,
+    progress: bool = True,
+    n_jobs: int | None = None,
+) -> Path:
+    """Build the synthetic ATLAS-like sample in ``output_dir/train`` and ``/test``.
+
+    Layout and names are those of ATLAS R2.0::
+
+        <output_dir>/train/R001/sub-r001s001/ses-1/anat/
+            sub-r001s001_ses-1_space-MNI152NLin2009aSym_T1w.nii.gz
+            sub-r001s001_ses-1_space-MNI152NLin2009aSym_label-L_desc-T1lesion_mask.nii.gz
+
+    plus ``dataset_description.json`` and ``participants.tsv`` in each split.
+    ``test`` is a cohort-stratified hold-out of exactly ``n_test`` subjects.
+
+    The build is safe to interrupt: the splits are generated in a hidden
+    temporary folder (``.sample.partial-*``) and renamed into place only when
+    all are complete, and a completion marker (``.complete``) is written last.
+    Until then, the previous data stay untouched. When the marker shows a
+    complete sample built with the same parameters, nothing is done.
+
+    Parameters
+    ----------
+    output_dir : path
+        Data folder (``data``).
+    n_train, n_test : int
+        Number of training and test subjects.
+    n_cohorts : int
+        Number of cohorts (sites), ``R001`` ... Cohorts have unequal sizes and
+        their own scanner profile.
+    seed : int
+        Same seed, same data (byte for byte).
+    downsample : int
+        Voxel size in mm, 1 (the ATLAS grid, default) to 8. Tests use 4.
+    force : bool
+        Rebuild even if a complete sample is there, and replace data that
+        this generator did not write.
+    progress : bool
+        Show a progress bar.
+    n_jobs : int, optional
+        Worker processes; by default :func:`default_jobs` (one per usable core
+        for full-size volumes, as memory allows). Results do not depend on it.
+
+    Returns
+    -------
+    Path
+        ``output_dir``.
+
+    Raises
+    ------
+    DataError
+        ``output_dir`` holds data this generator did not write (for example
+        the real ATLAS data) and ``force`` is False.
+    """
+    downsample = check_downsample(downsample)
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    if n_jobs is not None and (int(n_jobs) != n_jobs or n_jobs < 1):
+        raise ValueError(f"n_jobs must be a positive integer, got {n_jobs!r}.")
+    output_dir = Path(output_dir)
+    parameters = {
+        "generator": GENERATOR_NAME,
+        "version": GENERATOR_VERSION,
+        "n_train": int(n_train),
+        "n_test": int(n_test),
+        "n_cohorts": int(n_cohorts),
+        "seed": int(seed),
+        "downsample": downsample,
+    }
+    records = plan_subjects(n_train, n_test, n_cohorts, seed)  # checks the counts
+    described = (
+        f"{n_train} train + {n_test} test subjects, {n_cohorts} cohorts, "
+        f"seed {seed}, {downsample} mm"
+    )
+    expected_counts = {"train": n_train, "test": n_test}
+
+    marker = _read_marker(output_dir)
+    ours = isinstance(marker, dict) and marker.get("generator") == GENERATOR_NAME
+    if ours and marker == parameters and not force:
+        counts_ok = all(
+            _count_images(output_dir / split) == count
+            for split, count in expected_counts.items()
+        )
+        if counts_ok:
+            print(
+                f"Synthetic sample in {output_dir} is complete ({described}); "
+                "skipping. Use --force to rebuild it."
+            )
+            return output_dir
+        print(f"Synthetic sample in {output_dir} has missing files; rebuilding.")
+    elif ours and not force:
+        print(f"Synthetic sample in {output_dir} has other parameters; rebuilding.")
+    elif not ours and not force:
+        existing = [output_dir / s for s in SPLITS if _has_files(output_dir / s)]
+        if existing:
+            raise DataError(
+                f"{existing[0]} already holds data that this generator did not "
+                "write (no synthetic-sample marker). Use --force to replace it, or "
+                "choose another --output folder."
+            )
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(output_dir)
+    profiles = {p.name: p for p in make_cohort_profiles(n_cohorts, seed)}
+    partial = Path(tempfile.mkdtemp(prefix=".sample.partial-", dir=output_dir))
+    trash = output_dir / f".sample.old-{partial.name.rsplit('-', 1)[-1]}"
+    try:
+        for split in SPLITS:
+            (partial / split).mkdir()
+        tasks = [
+            (record, profiles[record.cohort], seed, downsample, partial / record.split)
+            for record in records
+        ]
+        n_jobs = default_jobs(len(tasks), downsample) if n_jobs is None else n_jobs
+        rows = _generate(tasks, n_jobs, downsample, progress)
+        for split in SPLITS:
+            write_split_description(partial / split, split, parameters)
+            write_participants(
+                partial / split,
+                [
+                    row
+                    for row, record in zip(rows, records, strict=True)
+                    if record.split == split
+                ],
+            )
+        _swap_in(partial, output_dir, trash)
+        write_json(output_dir / COMPLETION_MARKER, parameters)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(trash, ignore_errors=True)
+    print(f"Synthetic sample written to {output_dir} ({described}).")
+    return output_dir
