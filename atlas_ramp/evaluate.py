@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .bids import DataError, read_header
 from .breakdown import SCORE_NAMES, WorstCase, score_subjects
