@@ -89,7 +89,7 @@ def _formatted_cohorts(cohorts: pd.DataFrame) -> pd.DataFrame:
 
 def _save_figure(figure, path: Path) -> str:
     with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=100, bbox_inches="tight", format="png")
+        figure.savefig(temporary, dpi=100, format="png")  # layout: constrained
     return path.name
 
 

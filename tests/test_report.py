@@ -315,3 +315,26 @@ def test_report_from_saved_predictions_matches_ramp_test(small_sample, tmp_path)
     assert scores.loc["blend", "dice_mean"] == pytest.approx(test_row["dice"])
     page = html.unescape((kit / "side_by_side/report.html").read_text())
     assert "voxel-wise mean of the submissions' bagged probabilities" in page
+
+
+# ------------------------------------------------------------------ orientation
+
+
+@pytest.mark.parametrize("x_step", [4.0, -4.0])  # RAS and LAS storage
+def test_axial_slices_put_the_subjects_left_on_the_left(x_step):
+    from atlas_ramp.figures import axial_slices, convention_note
+
+    shape = (10, 8, 6)
+    affine = np.diag([x_step, 4.0, 4.0, 1.0])
+    affine[:3, 3] = (-18 * np.sign(x_step), -14, -10)
+    volume = np.zeros(shape)
+    # Mark the voxels whose world x is negative (the subject's left).
+    world_x = affine[0, 0] * np.arange(shape[0]) + affine[0, 3]
+    volume[world_x < 0] = 1.0
+    (section,) = axial_slices([volume], z_mm=0.0, affine=affine)
+    # First axis of the slice runs from the subject's left to right.
+    assert section[: shape[0] // 2].min() == 1.0 and section[shape[0] // 2 :].max() == 0
+    codes = "RAS" if x_step > 0 else "LAS"
+    assert "neurological" in convention_note(affine) and codes in convention_note(
+        affine
+    )
