@@ -338,3 +338,39 @@ def test_axial_slices_put_the_subjects_left_on_the_left(x_step):
     assert "neurological" in convention_note(affine) and codes in convention_note(
         affine
     )
+
+
+@pytest.mark.slow
+def test_blend_uses_ramp_blends_predictions_when_it_saved_them(small_sample, tmp_path):
+    kit = make_kit(tmp_path / "kit", small_sample, ["starting_kit"])
+    shutil.copytree(
+        kit / "submissions" / "starting_kit", kit / "submissions" / "starting_copy"
+    )
+    # ramp-workflow saves bagged and blended predictions through save_submission,
+    # which the kit's problem.py does not define; this kit's copy does.
+    with open(kit / "problem.py", "a") as problem:
+        problem.write(
+            "\n\ndef save_submission(y_pred, data_path='.', output_path='.', "
+            "suffix='test'):\n    save_y_pred(y_pred, data_path, output_path, suffix)\n"
+        )
+    for name in ("starting_kit", "starting_copy"):
+        run(kit, ramp_command("ramp-test"), "--submission", name, "--save-output")
+    run(
+        kit, ramp_command("ramp-blend"), "--submissions",
+        "['starting_kit', 'starting_copy']", "--save-output",
+    )  # fmt: skip
+    combined = kit / "submissions/training_output/y_pred_combined_bagged_test.npz"
+    assert combined.is_file()
+    run(
+        kit, sys.executable, "-m", "atlas_ramp.report", "submissions/starting_kit",
+        "submissions/starting_copy", "--blend", "--output", "blended",
+    )  # fmt: skip
+    page = html.unescape((kit / "blended/report.html").read_text())
+    assert "ramp-blend's combined" in page
+    blended = pd.read_csv(
+        kit / "submissions/training_output/bagged_scores_combined.csv",
+        index_col=[0, 1],
+    )
+    scores = pd.read_csv(kit / "blended/scores.csv", index_col=0)
+    expected = blended.xs("test", level="step").iloc[-1]["dice"]
+    assert scores.loc["blend", "dice_mean"] == pytest.approx(expected, abs=1e-9)
