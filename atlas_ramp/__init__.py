@@ -9,6 +9,11 @@ One module per concept:
 * :mod:`atlas_ramp.scores`: Dice and the ATLAS Grand Challenge metrics;
 * :mod:`atlas_ramp.splits`: cohort-aware hold-out and cross-validation;
 * :mod:`atlas_ramp.workflow`: how a submission is trained and run;
+* :mod:`atlas_ramp.evaluate`: score a submission on any labelled folder;
+* :mod:`atlas_ramp.breakdown`: per-subject scores, by lesion size and cohort;
+* :mod:`atlas_ramp.report`: the HTML report (also from ``ramp-test``'s saved
+  predictions);
+* :mod:`atlas_ramp.figures`: error-coloured slices and the report's figures;
 * :mod:`atlas_ramp.synthetic`: the synthetic ATLAS-like sample;
 * :mod:`atlas_ramp.archive`: the real, encrypted ATLAS R2.0 archive (a package:
   download, openssl, untar, layout, install);
