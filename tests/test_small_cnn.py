@@ -8,6 +8,7 @@ Two kinds of checks, both on the small 4 mm synthetic sample:
   range, a repeatable CPU run, and a fitted model that survives pickling.
 """
 
+import tracemalloc
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,14 +36,16 @@ def test_ramp_test_quick_test_runs(small_sample, tmp_path):
 
 
 # --- In process, tiny budget ----------------------------------------------------
-def tiny_estimator_module():
-    """A fresh copy of the submission's module, with a tiny training budget."""
-    module = import_module_from_source(str(SUBMISSION / "estimator.py"), "estimator")
-    module.EPOCHS = 1
-    module.PATCHES_PER_EPOCH = 4
-    module.BATCH_SIZE = 2
-    module.PATCH_SIZE = 32
-    return module
+def estimator_module():
+    """A fresh copy of the submission's module."""
+    return import_module_from_source(str(SUBMISSION / "estimator.py"), "estimator")
+
+
+def tiny_estimator(module=None, **parameters):
+    """The submission's estimator with a tiny training budget."""
+    module = module or estimator_module()
+    budget = dict(epochs=1, patches_per_epoch=4, batch_size=2, patch_size=32)
+    return module.SmallUNet(**{**budget, **parameters})
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +57,7 @@ def small_split(small_sample):
 @pytest.fixture(scope="module")
 def fitted(small_split):
     X_train, y_train, X_new = small_split
-    estimator = tiny_estimator_module().get_estimator().fit(X_train, y_train)
+    estimator = tiny_estimator().fit(X_train, y_train)
     return estimator, estimator.predict_proba(X_new)
 
 
@@ -75,7 +78,7 @@ def test_predict_proba_shape_range_and_mask(fitted, small_split):
 def test_cpu_run_is_repeatable(fitted, small_split):
     X_train, y_train, X_new = small_split
     _, probabilities = fitted
-    again = tiny_estimator_module().get_estimator().fit(X_train, y_train)
+    again = tiny_estimator().fit(X_train, y_train)
     np.testing.assert_allclose(again.predict_proba(X_new), probabilities, atol=1e-6)
 
 
@@ -90,10 +93,92 @@ def test_fitted_model_survives_cloudpickle(fitted, small_split):
     )
 
 
-# --- Helpers: template, padding, sliding windows ----------------------------------
+@pytest.mark.slow
+def test_pickled_model_ignores_changed_module_defaults(fitted, small_split, tmp_path):
+    """A fitted model carries its knobs: editing the source's defaults changes
+    new estimators, not a model trained before."""
+    estimator, probabilities = fitted
+    source = (SUBMISSION / "estimator.py").read_text()
+    # SmallUNet.__init__'s defaults (8 spaces in: its own signature's lines).
+    changes = {
+        "mirror_channel=True,": "mirror_channel=False,",
+        "window_size=128,": "window_size=16,",
+        "flip_averaging=True,": "flip_averaging=False,",
+        "min_lesion_peak=0.0,": "min_lesion_peak=0.99,",
+        "base_channels=8,": "base_channels=4,",
+    }
+    for old, new in changes.items():
+        old, new = f"\n        {old}\n", f"\n        {new}\n"
+        assert source.count(old) == 1, old  # the defaults are where we think
+        source = source.replace(old, new)
+    edited = tmp_path / "estimator.py"
+    edited.write_text(source)
+    module = import_module_from_source(str(edited), "estimator")
+    assert module.SmallUNet().window_size == 16  # the edit took effect
+    restored = cloudpickle.loads(cloudpickle.dumps(estimator))
+    restored.__class__ = module.SmallUNet  # as if unpickled with the edited file
+    np.testing.assert_allclose(
+        restored.predict_proba(small_split[2]), probabilities, atol=1e-6
+    )
+
+
+@pytest.mark.slow
+def test_overfits_two_subjects(small_sample):
+    """On two training subjects, the loss falls and their Dice exceeds 0.5."""
+    X, y = load_split(small_sample, "train")
+    lesion_voxels = np.array([mask.indices.size for mask in y])
+    chosen = np.argsort(lesion_voxels)[-2:]  # the two largest lesion loads
+    X_two, y_two = X[chosen], MaskSequence(y[chosen])
+    estimator = (
+        estimator_module()
+        .SmallUNet(
+            epochs=4,
+            patches_per_epoch=64,
+            batch_size=4,
+            patch_size=24,
+            learning_rate=5e-3,
+            lesion_patch_fraction=0.8,
+            intensity_augmentation=False,
+            misregistration_voxels=0,
+            flip_averaging=False,
+        )
+        .fit(X_two, y_two)
+    )
+    assert estimator.losses_[-1] < 0.8 * estimator.losses_[0]
+    predicted = estimator.predict(X_two)
+    for mask, truth in zip(predicted, y_two, strict=True):
+        overlap = np.logical_and(mask, truth).sum()
+        assert 2 * overlap / (mask.sum() + truth.sum()) > 0.5
+
+
+@pytest.mark.slow
+def test_memory_held_per_subject_is_small(small_sample):
+    """Python-side memory of fit grows by well under 1 MB per ATLAS subject.
+
+    The rule at ATLAS scale is 1 MB per training subject on the 2 mm working
+    grid of 1.09 million voxels, so under 0.9 byte per working voxel. The
+    growth of fit's peak allocations from 4 to 8 subjects, per added subject
+    and working voxel, must stay under a third of that. (Holding each
+    subject's image, mirror and template as float16 would take 6 bytes.)
+    """
+    X, y = load_split(small_sample, "train")
+    peaks = {}
+    for count in (4, 8):
+        estimator = tiny_estimator(n_calibration_subjects=1)
+        tracemalloc.start()
+        estimator.fit(X[:count], MaskSequence(y[:count]))
+        peaks[count] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    working_voxels = np.prod(X.shape)  # the 4 mm sample trains at 4 mm
+    growth_per_voxel = (peaks[8] - peaks[4]) / 4 / working_voxels
+    assert growth_per_voxel < 0.3, growth_per_voxel
+    assert estimator.held_bytes_per_subject_ / working_voxels < 0.3
+
+
+# --- Helpers: template, padding, sliding windows, loss ----------------------------
 def test_template_lines_up_with_the_images(small_split):
     """The MNI template on the data grid looks like the (registered) subjects."""
-    module = tiny_estimator_module()
+    module = estimator_module()
     X_train = small_split[0]
     template = module.template_on_grid(X_train.affine, X_train.volume_shape, 1)
     assert template.shape == X_train.volume_shape
@@ -107,7 +192,7 @@ def test_template_lines_up_with_the_images(small_split):
 
 
 def test_pad_to_at_least_pads_each_axis_at_its_end():
-    module = tiny_estimator_module()
+    module = estimator_module()
     volume = np.ones((2, 5, 9, 3), np.float32)
     padded = module.pad_to_at_least(volume, [8, 8, 8], mode="constant")
     assert padded.shape == (2, 8, 9, 8)
@@ -115,19 +200,23 @@ def test_pad_to_at_least_pads_each_axis_at_its_end():
     assert padded[:, 5:].sum() == 0 and padded[..., 3:].sum() == 0
 
 
-@pytest.mark.parametrize("window_size", [16, 128])
-def test_sliding_window_covers_the_head_only(window_size):
-    """Several overlapping windows, or the whole head box in one."""
-    module = tiny_estimator_module()
-    module.WINDOW_SIZE = window_size
-    torch.manual_seed(0)
-    network = module.UNet3D(in_channels=3, base_channels=4).eval()
+def random_image_and_head():
     image = np.random.default_rng(0).normal(size=(3, 30, 37, 26)).astype(np.float32)
     head = np.zeros((30, 37, 26), bool)
     head[5:25, 6:30, 4:20] = True
+    return image, head
 
-    probability = module.sliding_window_probability(
-        network, image, head, torch.device("cpu")
+
+@pytest.mark.parametrize("window_size", [16, 128])
+def test_sliding_window_covers_the_head_only(window_size):
+    """Several overlapping windows, or the whole head box in one."""
+    module = estimator_module()
+    torch.manual_seed(0)
+    network = module.UNet3D(in_channels=3, base_channels=4).eval()
+    image, head = random_image_and_head()
+
+    probability = module.predict_probability(
+        network, image, head, torch.device("cpu"), window_size=window_size
     ).numpy()
 
     assert probability.shape == head.shape
@@ -135,8 +224,61 @@ def test_sliding_window_covers_the_head_only(window_size):
     assert (probability[head] > 0).all() and (probability[head] < 1).all()
 
 
+def test_windowed_prediction_equals_one_pass():
+    """Where both apply, the blended windows give the one-pass probabilities.
+
+    * The U-Net with a window as large as the head box: one window, so the
+      result is the network's on the whole box.
+    * A network that looks at one voxel at a time: many overlapping windows,
+      whose Gaussian blending must give back exactly the one-pass values.
+    """
+    module = estimator_module()
+    image, head = random_image_and_head()
+    box = module.head_box(head, margin=4)
+    sides = tuple(part.stop - part.start for part in box)
+    # Padded at the end to multiples of 8, as the network needs.
+    crop = module.pad_to_at_least(
+        image[(slice(None), *box)], [-(-side // 8) * 8 for side in sides]
+    )
+    torch.manual_seed(0)
+    unet = module.UNet3D(in_channels=3, base_channels=4).eval()
+    pointwise = torch.nn.Conv3d(3, 1, 1).eval()
+    for network, window in ((unet, 128), (pointwise, 16)):
+        with torch.no_grad():
+            one_pass = torch.sigmoid(network(torch.from_numpy(crop)[None]))[0, 0]
+        one_pass = one_pass[: sides[0], : sides[1], : sides[2]].numpy()
+        windowed = module.predict_probability(
+            network, image, head, torch.device("cpu"), window_size=window, overlap=0.5
+        ).numpy()[box]
+        inside = head[box]  # outside the head both are 0 by design
+        np.testing.assert_allclose(windowed[inside], one_pass[inside], atol=1e-4)
+
+
+def test_dice_ce_loss_is_soft_dice_plus_cross_entropy():
+    """MONAI's DiceCELoss, as fit configures it, on lesion FRACTIONS as targets:
+    the soft Dice of the batch as one volume plus binary cross-entropy."""
+    from monai.losses import DiceCELoss
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 1, 8, 8, 8, generator=generator)
+    # Fractions of 2 mm voxels that are lesion: multiples of 1/8, mostly 0.
+    target = torch.randint(0, 9, (3, 1, 8, 8, 8), generator=generator) / 8.0
+    target[target < 0.5] = 0.0
+
+    probability = torch.sigmoid(logits)
+    overlap = (probability * target).sum()
+    dice = (2 * overlap + 1.0) / (probability.sum() + target.sum() + 1.0)
+    cross_entropy = -(
+        target * torch.log(probability) + (1 - target) * torch.log(1 - probability)
+    ).mean()
+    expected = (1 - dice) + cross_entropy
+
+    loss = DiceCELoss(sigmoid=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)
+    torch.testing.assert_close(loss(logits, target), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_shift_probability_moves_the_threshold_to_one_half():
-    module = tiny_estimator_module()
+    module = estimator_module()
     probability = torch.tensor([0.0, 0.05, 0.149, 0.15, 0.151, 0.5, 0.9, 1.0])
     shifted = module.shift_probability(probability, 0.15)
     assert torch.isclose(shifted[3], torch.tensor(0.5))
@@ -145,9 +287,44 @@ def test_shift_probability_moves_the_threshold_to_one_half():
     assert shifted.min() >= 0 and shifted.max() <= 1
 
 
+def test_weaken_unsure_lesions_halves_faint_blobs_only():
+    module = estimator_module()
+    probability = np.zeros((10, 10, 10), np.float32)
+    probability[1:3, 1:3, 1:3] = 0.6  # faint: never above 0.8
+    probability[6:9, 6:9, 6:9] = 0.7
+    probability[7, 7, 7] = 0.95  # one sure voxel makes the blob sure
+    result = module.weaken_unsure_lesions(probability.copy(), min_peak=0.8)
+    np.testing.assert_allclose(result[1:3, 1:3, 1:3], 0.3)
+    np.testing.assert_array_equal(result[6:9, 6:9, 6:9], probability[6:9, 6:9, 6:9])
+    unchanged = module.weaken_unsure_lesions(probability.copy(), min_peak=0.5)
+    np.testing.assert_array_equal(unchanged, probability)
+
+
+def test_volume_shape_accepts_both_contracts():
+    module = estimator_module()
+    assert module.volume_shape(SimpleNamespace(shape=(4, 5, 6))) == (4, 5, 6)
+    new_style = SimpleNamespace(shape=(2, 4, 5, 6), volume_shape=(4, 5, 6))
+    assert module.volume_shape(new_style) == (4, 5, 6)
+
+
+def test_available_cpus_is_a_positive_count():
+    assert estimator_module().available_cpus() >= 1
+
+
+def test_budgets_and_quick_mode(monkeypatch):
+    module = estimator_module()
+    monkeypatch.setenv("RAMP_TEST_MODE", "1")
+    quick = module.get_estimator()
+    monkeypatch.setenv("RAMP_TEST_MODE", "0")
+    full = module.get_estimator()
+    assert quick.epochs * quick.patches_per_epoch < full.epochs * full.patches_per_epoch
+    gpu = module.get_estimator(budget="gpu")
+    assert gpu.base_channels > full.base_channels and gpu.epochs > full.epochs
+
+
 def test_threshold_is_tuned_on_training_subjects(fitted):
     estimator, _ = fitted
-    assert estimator.threshold_ in tiny_estimator_module().THRESHOLDS
+    assert estimator.threshold_ in estimator_module().THRESHOLDS
 
 
 def test_predicting_on_another_grid_says_so(fitted):

@@ -17,38 +17,23 @@ that it trains on a laptop CPU in minutes:
    same way, into the *fraction* of each 2 mm voxel that is lesion.
 2. Training sees random 32-voxel patches; half of them are centred on a lesion
    voxel, so that the rare lesion voxels are not drowned in healthy tissue.
-   Light augmentation: left-right flips (the template is symmetric), small
-   intensity scaling and shifts, a little noise.
-3. The loss is Dice (what we are scored on) plus binary cross-entropy (smooth,
-   well-behaved gradients for every voxel).
+   Each patch is cut from the volume when it is drawn (the kit's volume cache
+   maps the file: cheap), so memory does not grow with the training set.
+   Augmentation, for the scanners and cohorts that the training set lacks:
+   left-right flips, contrast curves, bias fields, blur, Gaussian or Rician
+   noise, and a voxel of misregistration between image, mirror and template.
+3. The loss is MONAI's ``DiceCELoss``: soft Dice (what we are scored on) plus
+   binary cross-entropy (smooth, well-behaved gradients for every voxel).
 4. Prediction runs the network once on the box around the head (batch
-   normalization makes this possible: after training it is a fixed scaling);
-   larger inputs are cut into overlapping windows blended with Gaussian
-   weights. The probabilities are then upsampled back to 1 mm (trilinear).
+   normalization makes this possible: after training it is a fixed scaling),
+   and on its left-right flip, and averages the two; larger inputs go through
+   MONAI's sliding windows with Gaussian blending. The probabilities are then
+   upsampled back to 1 mm (trilinear), and shifted so that the decision
+   threshold tuned on training subjects becomes 0.5.
 
-Scores and cost (default synthetic sample, 40 train / 16 test, 1 mm, 2-core CPU)
------------------------------------------------------------------------------
-CV Dice 0.683 ± 0.072, test Dice 0.714 (lesion-wise F1 0.92, volume
-difference 0.7 mL): the best of the three baselines. Full ``ramp-test``
-(5 folds): 1400 s (23 min) on 2 CPU cores, peak memory 1.5 GB.
-``ramp-test --quick-test``: 109 s; its 16 training steps only check that
-everything runs (Dice 0). Each fold trains 480 steps of 8 patches (about
-0.47 s a step), then tunes its threshold (it picks 0.2 to 0.25, not 0.5).
-
-In development, tuning the threshold raised the CV Dice from 0.58 to 0.68, and
-batch instead of instance normalization raised one fold's validation Dice (at
-2 mm, after 400 steps) from 0.58 to 0.70. On a CUDA GPU (H100) an epoch takes
-1.05 s instead of 2.30 s on 16 CPU cores, and CUDA and CPU predictions from
-the same weights agree within 1e-3; see ``bench/check_cnn_cuda.py``.
-
-Try next
---------
-* Test-time augmentation: average the predictions of the image and of its
-  left-right flip (twice the prediction cost).
-* Train longer (``EPOCHS``): in development, validation Dice was still rising
-  at 600 steps.
-* With a GPU: a wider network (``BASE_CHANNELS``), or 1 mm patches around the
-  lesions (``WORKING_VOXEL_MM = 1``) for sharper borders.
+Every knob is a parameter of :class:`SmallUNet`; :func:`get_estimator` picks a
+budget: "quick" under ``ramp-test --quick-test``, "cpu" otherwise, "gpu" when
+you set it (``get_estimator(budget="gpu")``: longer training, wider network).
 """
 
 import os
@@ -57,46 +42,26 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
 from nilearn.datasets import struct
 from nilearn.image import load_img, resample_img
+from scipy import ndimage
 from torch import nn
 
 from atlas_ramp.testmode import is_quick_test
-
-# ``ramp-test --quick-test`` sets RAMP_TEST_MODE: train just enough to run.
-QUICK_TEST = is_quick_test()
-
-# --- Training budget: the knobs to turn first --------------------------------
-EPOCHS = 2 if QUICK_TEST else 20
-PATCHES_PER_EPOCH = 64 if QUICK_TEST else 192
-BATCH_SIZE = 8  # patches per optimization step
-PATCH_SIZE = 32  # voxels per side at the working resolution; a multiple of 8
-LEARNING_RATE = 1e-3  # Adam; with cosine decay to 0 over the training
-
-# --- Model and data -----------------------------------------------------------
-WORKING_VOXEL_MM = 2.0  # train and predict on 2 mm voxels (1 mm data pooled by 2)
-BASE_CHANNELS = 8  # channels of the first level; doubled at each of 3 poolings
-MIRROR_CHANNEL = True  # also give the network the left-right mirrored image
-TEMPLATE_CHANNEL = True  # and the MNI152 template: what a healthy brain looks like
-LESION_PATCH_FRACTION = 0.5  # share of patches centred on a lesion voxel
-WINDOW_SIZE = 128  # window side at prediction: the whole head at 2 mm
-WINDOW_OVERLAP = 0.25  # overlap of neighbouring sliding windows at prediction
-WINDOWS_PER_BATCH = 4  # sliding windows computed together
-# The network is cautious: at p >= 0.5 its lesions are too small. After training,
-# the decision threshold is tuned on this many training subjects, among THRESHOLDS,
-# and the probabilities are shifted so that it becomes 0.5 (what is scored).
-N_CALIBRATION_SUBJECTS = 8
-THRESHOLDS = (0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
-SEED = 0
 
 # Repeatable CUDA convolutions. (Set here, not in fit: cloudpickle cannot
 # pickle a method that refers to torch.backends.cudnn.)
 torch.backends.cudnn.benchmark = False
 torch.backends.cudnn.deterministic = True
 
+#: Decision thresholds tried after training (on training subjects).
+THRESHOLDS = (0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5)
+
 
 # =============================================================================
-# The network
+# The network (written by hand: it is what this baseline teaches)
 # =============================================================================
 class ConvBlock(nn.Sequential):
     """Two 3x3x3 convolutions, each followed by batch norm and leaky ReLU."""
@@ -109,8 +74,7 @@ class ConvBlock(nn.Sequential):
                 nn.Conv3d(channels, out_channels, 3, padding=1, bias=False),
                 # Batch normalization: at prediction it is a fixed scaling, so
                 # the network can look at the whole head in one pass. (Instance
-                # normalization, per patch, learned more slowly here and needs
-                # patch-sized windows at prediction.)
+                # normalization, per patch, learned more slowly here.)
                 nn.BatchNorm3d(out_channels),
                 nn.LeakyReLU(0.01, inplace=True),
             ]
@@ -123,7 +87,7 @@ class UNet3D(nn.Module):
     Parameters
     ----------
     in_channels : int
-        Input channels (the image, and maybe its mirror image).
+        Input channels (the image, maybe its mirror image and the template).
     base_channels : int
         Channels at full resolution; doubled at each pooling.
     depth : int
@@ -167,13 +131,19 @@ class UNet3D(nn.Module):
         return self.head(x)
 
 
-def count_parameters(network):
-    return sum(parameter.numel() for parameter in network.parameters())
+# =============================================================================
+# Images: shapes, normalization, resampling, padding
+# =============================================================================
+def volume_shape(X):
+    """The grid of the volumes of ``X``.
+
+    The kit's ``X.shape`` is moving from the volume shape to
+    ``(n_subjects, *volume_shape)`` with a separate ``X.volume_shape``; this
+    accepts both.
+    """
+    return tuple(X.volume_shape if hasattr(X, "volume_shape") else X.shape)
 
 
-# =============================================================================
-# Images: normalization, resampling, padding
-# =============================================================================
 def downsample(volume, factor):
     """Average blocks of ``factor`` voxels per axis (a smaller block at odd edges)."""
     volume = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
@@ -211,32 +181,37 @@ def template_on_grid(affine, shape, factor):
     return z_score(pooled, pooled[head_mask(pooled)]).astype(np.float32)
 
 
-def prepare(volume, factor, template=None):
+def pooled_statistics(pooled):
+    """Head mask, and mean and sd of the head's intensities, of a pooled volume."""
+    head = head_mask(pooled)
+    if not head.any():  # a blank volume: nothing to normalize by
+        return head, 0.0, 1.0
+    values = pooled[head]
+    return head, float(values.mean()), max(float(values.std()), 1e-6)
+
+
+def prepare(volume, factor, template=None, mirror_channel=True):
     """Pool a volume to working resolution and z-score it inside the head.
 
     Returns
     -------
     image : ndarray of float32, shape (channels, x, y, z)
         Normalized intensities (scanners and cohorts scale them differently);
-        with MIRROR_CHANNEL, the left-right mirror image as a second channel:
-        most strokes are one-sided, so a lesion looks unlike its mirror, while
-        ventricles, sulci and vascular changes are about symmetric.
+        with ``mirror_channel``, the left-right mirror image as a second
+        channel: most strokes are one-sided, so a lesion looks unlike its
+        mirror, while ventricles and sulci are about symmetric; then the
+        template, when given.
     head : ndarray of bool, shape (x, y, z)
-        Where the head is: patch centres are drawn there, and prediction only
-        looks at the box around it.
+        Where the head is: prediction only looks at the box around it.
     """
     channels = [downsample(volume, factor)]
-    if MIRROR_CHANNEL:
+    if mirror_channel:
         # Mirror at 1 mm, then pool: the MNI grid is symmetric about its
         # middle x voxel, so the pooled mirror lines up with the pooled image.
         channels.append(downsample(volume[::-1], factor))
-    image = np.stack(channels)
-    head = head_mask(channels[0])
-    if head.any():  # (a blank volume has nothing to normalize by)
-        # The mirror is scaled like the image, so that the two compare.
-        image = z_score(image, channels[0][head])
-    else:
-        image = np.zeros_like(image)
+    head, mean, sd = pooled_statistics(channels[0])
+    # The mirror is scaled like the image, so that the two compare.
+    image = (np.stack(channels) - mean) / sd
     if template is not None:
         image = np.concatenate([image, template[None]])
     return np.clip(image, -5.0, 5.0).astype(np.float32), head
@@ -253,10 +228,10 @@ def pad_to_at_least(volume, sizes, mode="edge"):
     return np.pad(volume, padding, mode=mode)
 
 
-def working_factor(voxel_volume_ml):
-    """Integer pooling factor from the data's voxel size to WORKING_VOXEL_MM."""
+def working_factor(voxel_volume_ml, working_voxel_mm):
+    """Integer pooling factor from the data's voxel size to ``working_voxel_mm``."""
     voxel_mm = (voxel_volume_ml * 1000.0) ** (1 / 3)
-    return max(1, round(WORKING_VOXEL_MM / voxel_mm))
+    return max(1, round(working_voxel_mm / voxel_mm))
 
 
 def channels_last(tensor):
@@ -264,13 +239,13 @@ def channels_last(tensor):
     return tensor.contiguous(memory_format=torch.channels_last_3d)
 
 
-def usable_cpu_count():
-    """The cores this process may run on, on Linux, macOS and Windows alike."""
+def available_cpus():
+    """CPU cores this process may use, on Linux, macOS and Windows alike."""
     if hasattr(os, "process_cpu_count"):  # Python 3.13+
-        return max(1, os.process_cpu_count() or 1)
-    if hasattr(os, "sched_getaffinity"):  # Linux: honours taskset and cgroups
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)  # macOS, Windows before 3.13
+        return os.process_cpu_count() or 1
+    if hasattr(os, "sched_getaffinity"):  # Linux: honours taskset and containers
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def pick_device(name=None):
@@ -279,107 +254,164 @@ def pick_device(name=None):
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cpu":
-        torch.set_num_threads(usable_cpu_count())
+        torch.set_num_threads(max(1, available_cpus()))
     return device
 
 
+def is_memory_mapped(array):
+    """Whether ``array`` is a view of a memory-mapped file (cheap to re-read)."""
+    while array is not None:
+        if isinstance(array, np.memmap):
+            return True
+        array = getattr(array, "base", None)
+    return False
+
+
 # =============================================================================
-# Training data: patches biased towards lesions, light augmentation
+# Training data: a few hundred kB per subject, patches read when needed
 # =============================================================================
-class PatchSampler:
-    """Random training patches from volumes held in memory at working resolution.
+class TrainingSubjects:
+    """What ``fit`` keeps of each training subject, and patches cut on demand.
+
+    Holding every training volume at 2 mm took about 10 MB a subject (image,
+    mirror, template, lesion fraction, head indices): 6 GB for ATLAS's 524
+    training subjects of a fold. Here each subject keeps only its head mask
+    (one bit a working voxel), the mean and sd of its head's intensities, and
+    its lesion voxels (sparse). A patch is cut from ``X[i]`` when it is drawn:
+    the kit's volume cache maps a decompressed ``.npy`` file, so this reads a
+    few MB from the page cache, not the whole volume. The mirror channel is
+    cut from the same mapped volume; the template is held once.
 
     Parameters
     ----------
-    images : list of ndarray (float16), shape (channels, x, y, z)
-        Normalized, pooled images, each padded to at least the patch size.
-    lesion_fractions : list of ndarray (float16)
-        Fraction of each working voxel that is lesion, same shapes.
-    head_voxels : list of ndarray (int)
-        Flat indices of the voxels inside the head (random patch centres).
-    rng : numpy.random.Generator
+    X, y : image and mask sequences
+    factor : int
+        Pooling factor from the data's voxels to working voxels.
     """
 
-    def __init__(self, images, lesion_fractions, head_voxels, rng):
-        self.images = images
-        self.lesion_fractions = lesion_fractions
-        self.head_voxels = head_voxels
-        self.lesion_voxels = [np.flatnonzero(mask > 0) for mask in lesion_fractions]
-        self.rng = rng
+    def __init__(self, X, y, factor):
+        self.X, self.factor = X, factor
+        self.stored_images = None  # working-resolution copies, when X is not mapped
+        self.head_bits, self.head_boxes, self.statistics = [], [], []
+        self.lesion_voxels, self.lesion_fractions = [], []
+        # The first read of a volume fills the cache; the second maps it.
+        X[0]
+        if not is_memory_mapped(X[0]):
+            # Volumes decoded at every read (no writable cache): keep pooled
+            # copies instead, at about 4 MB a subject at 2 mm.
+            print(
+                "small_cnn: the volumes are not memory-mapped; keeping "
+                "pooled copies in memory",
+                flush=True,
+            )
+            self.stored_images = []
+        for i in range(len(X)):
+            volume = X[i]
+            pooled = downsample(volume, factor)
+            self.shape = pooled.shape
+            head, mean, sd = pooled_statistics(pooled)
+            self.statistics.append((mean, sd))
+            self.head_bits.append(np.packbits(head.ravel()))
+            corners = np.argwhere(head) if head.any() else np.zeros((1, 3), int)
+            self.head_boxes.append((corners.min(axis=0), corners.max(axis=0) + 1))
+            fraction = downsample(np.asarray(y[i], dtype=np.float32), factor)
+            voxels = np.flatnonzero(fraction > 0)
+            self.lesion_voxels.append(voxels.astype(np.int32))
+            # 8 bits are plenty for a fraction of 8 (or 27, 64) small voxels.
+            self.lesion_fractions.append(
+                np.round(fraction.ravel()[voxels] * 255).astype(np.uint8)
+            )
+            if self.stored_images is not None:
+                image, _ = prepare(volume, factor)
+                self.stored_images.append(image.astype(np.float16))
 
-    def _corner(self, shape, flat_centre):
-        centre = np.unravel_index(flat_centre, shape)
-        return [
-            int(np.clip(c - PATCH_SIZE // 2, 0, side - PATCH_SIZE))
-            for c, side in zip(centre, shape, strict=True)
-        ]
+    def held_bytes(self):
+        """Bytes held per subject (what grows with the training set)."""
+        arrays = [*self.head_bits, *self.lesion_voxels, *self.lesion_fractions]
+        arrays += self.stored_images or []
+        return sum(array.nbytes for array in arrays) / len(self.head_bits)
 
-    def patch(self):
-        rng = self.rng
-        subject = rng.integers(len(self.images))
-        image = self.images[subject]
+    def random_centre(self, subject, rng, lesion_fraction):
+        """A lesion voxel (with probability ``lesion_fraction``), else a head voxel."""
         lesion = self.lesion_voxels[subject]
-        if lesion.size and rng.random() < LESION_PATCH_FRACTION:
-            centre = rng.choice(lesion)
-        elif self.head_voxels[subject].size:
-            centre = rng.choice(self.head_voxels[subject])
-        else:
-            centre = rng.integers(image.size)
-        target = self.lesion_fractions[subject]
-        x, y, z = self._corner(target.shape, centre)
-        window = np.s_[x : x + PATCH_SIZE, y : y + PATCH_SIZE, z : z + PATCH_SIZE]
-        patch = image[(slice(None), *window)].astype(np.float32)
-        target = target[window].astype(np.float32)
+        if lesion.size and rng.random() < lesion_fraction:
+            return np.unravel_index(rng.choice(lesion), self.shape)
+        low, high = self.head_boxes[subject]
+        bits = self.head_bits[subject]
+        for _ in range(100):  # the head fills about half of its box
+            centre = rng.integers(low, np.maximum(high, low + 1))
+            flat = np.ravel_multi_index(centre, self.shape)
+            if bits[flat >> 3] & (128 >> (flat & 7)):
+                return tuple(centre)
+        return tuple(centre)
 
-        # Augmentation. Axis x is left-right: the template is symmetric.
-        if rng.random() < 0.5:
-            patch, target = patch[:, ::-1], target[::-1]
-        patch = patch * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
-        if rng.random() < 0.5:
-            patch = patch + rng.normal(0.0, 0.05, patch.shape).astype(np.float32)
-        return np.ascontiguousarray(patch), np.ascontiguousarray(target)
+    def image_patch(self, subject, corner, size, mirror_channel):
+        """Normalized image (and mirror) channels of a patch, shape (c, <=size...)."""
+        window = tuple(slice(c, c + size) for c in corner)
+        if self.stored_images is not None:
+            image = self.stored_images[subject][(slice(None), *window)]
+            return image[: 1 + mirror_channel].astype(np.float32)
+        f = self.factor
+        volume = self.X[subject]
+        window_1mm = tuple(slice(c * f, (c + size) * f) for c in corner)
+        # Blocks start at multiples of f: the same pooling as the whole volume.
+        channels = [downsample(volume[window_1mm], f)]
+        if mirror_channel:
+            channels.append(downsample(volume[::-1][window_1mm], f))
+        mean, sd = self.statistics[subject]
+        return np.clip((np.stack(channels) - mean) / sd, -5.0, 5.0)
 
-    def batch(self, size):
-        patches, targets = zip(*(self.patch() for _ in range(size)), strict=True)
-        targets = np.stack(targets)[:, None]  # (batch, 1, x, y, z)
-        return torch.from_numpy(np.stack(patches)), torch.from_numpy(targets)
+    def target_patch(self, subject, corner, sides):
+        """Lesion fraction of the patch's voxels, from the sparse lesion voxels."""
+        target = np.zeros(sides, np.float32)
+        coordinates = np.stack(
+            np.unravel_index(self.lesion_voxels[subject], self.shape)
+        )
+        offset = coordinates - np.asarray(corner)[:, None]
+        inside = np.all((offset >= 0) & (offset < np.asarray(sides)[:, None]), axis=0)
+        target[tuple(offset[:, inside])] = self.lesion_fractions[subject][inside] / 255
+        return target
 
 
-def dice_plus_cross_entropy(logits, target):
-    """Soft Dice over the whole batch + binary cross-entropy, equal weights.
+def augment_intensities(channels, relative_sd, rng):
+    """Vary intensities as scanners and cohorts do (image and mirror channels).
 
-    Dice is computed over the batch as one volume, so that patches without
-    lesion do not give a meaningless Dice of their own.
+    Works on intensities relative to the head's mean (1 = average head
+    tissue), then z-scores again: a contrast curve (gamma), a smooth bias
+    field, blur (as in low-resolution scans), and Gaussian or Rician noise.
     """
-    probability = torch.sigmoid(logits)
-    overlap = (probability * target).sum()
-    dice = (2 * overlap + 1.0) / (probability.sum() + target.sum() + 1.0)
-    cross_entropy = F.binary_cross_entropy_with_logits(logits, target)
-    return (1 - dice) + cross_entropy
+    relative = np.maximum(1.0 + channels * relative_sd, 0.0)
+    if rng.random() < 0.5:
+        relative = relative ** rng.uniform(0.7, 1.5)
+    if rng.random() < 0.5:  # a linear bias field: up to +-15% across the patch
+        axes = [np.linspace(-0.5, 0.5, side) for side in channels.shape[1:]]
+        grid = np.meshgrid(*axes, indexing="ij")
+        gradient = sum(rng.uniform(-0.3, 0.3) * g for g in grid)
+        relative = relative * np.exp(gradient)[None]
+    if rng.random() < 0.25:
+        sigma = rng.uniform(0.3, 1.0)
+        relative = np.stack([ndimage.gaussian_filter(c, sigma) for c in relative])
+    if rng.random() < 0.5:
+        level = rng.uniform(0.0, 0.1)
+        noise = rng.normal(0.0, level, (2, *relative.shape))
+        if rng.random() < 0.5:  # Rician: the magnitude of a noisy complex signal
+            relative = np.hypot(relative + noise[0], noise[1])
+        else:
+            relative = relative + noise[0]
+    return np.clip((relative - 1.0) / relative_sd, -5.0, 5.0)
+
+
+def shift_by_up_to(array, shift, rng):
+    """Roll the 3 spatial axes by random whole voxels in ``[-shift, shift]``."""
+    if shift == 0:
+        return array
+    offsets = tuple(int(o) for o in rng.integers(-shift, shift + 1, 3))
+    return np.roll(array, offsets, axis=(-3, -2, -1))
 
 
 # =============================================================================
-# Prediction: Gaussian-blended sliding window
+# Prediction: MONAI's Gaussian-blended sliding window, flip averaging
 # =============================================================================
-def gaussian_weights(sizes, device):
-    """Window weights: 1 at the centre, about 0 at the borders (sigma = side / 8)."""
-    profiles = []
-    for size in sizes:
-        axis = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
-        profiles.append(torch.exp(-0.5 * (axis / (size / 8)) ** 2))
-    weights = profiles[0][:, None, None] * profiles[1][:, None] * profiles[2]
-    return weights.clamp_min(1e-3)  # every voxel keeps a little weight
-
-
-def window_starts(side, window, overlap):
-    """Evenly spread window positions covering ``[0, side)`` with the overlap."""
-    if side <= window:
-        return [0]
-    step = window * (1 - overlap)
-    count = int(np.ceil((side - window) / step)) + 1
-    return sorted(set(np.linspace(0, side - window, count).round().astype(int)))
-
-
 def head_box(head, margin):
     """Slices of the bounding box of the head, widened by ``margin`` voxels."""
     if not head.any():
@@ -391,46 +423,35 @@ def head_box(head, margin):
 
 
 @torch.no_grad()
-def sliding_window_probability(network, image, head, device):
+def predict_probability(
+    network, image, head, device, window_size=128, overlap=0.25, windows_per_batch=4
+):
     """Lesion probability of every voxel of ``image`` (working resolution).
 
     Only the box around the head is computed (about half of the MNI grid);
-    outside the head the probability is 0.
+    outside the head the probability is 0. A box larger than ``window_size``
+    is cut into overlapping windows whose probabilities MONAI blends with
+    Gaussian weights (the centre of a window sees the most context).
     """
     box = head_box(head, margin=4)
     crop = image[(slice(None), *box)]
-    # Window sides: WINDOW_SIZE, or the whole box when it is smaller (rounded
-    # up to a multiple of 8, as the network pools 3 times by 2).
-    sizes = [min(WINDOW_SIZE, -(-side // 8) * 8) for side in crop.shape[1:]]
-    crop = torch.from_numpy(pad_to_at_least(crop, sizes)).to(device)
-    weights = gaussian_weights(sizes, device)
-    summed = torch.zeros(crop.shape[1:], device=device)
-    total_weight = torch.zeros(crop.shape[1:], device=device)
-    starts = [
-        window_starts(side, size, WINDOW_OVERLAP)
-        for side, size in zip(crop.shape[1:], sizes, strict=True)
-    ]
-    windows = [
-        np.s_[x : x + sizes[0], y : y + sizes[1], z : z + sizes[2]]
-        for x in starts[0]
-        for y in starts[1]
-        for z in starts[2]
-    ]
-    # Several windows per forward pass: much faster on CPU than one at a time.
-    for first in range(0, len(windows), WINDOWS_PER_BATCH):
-        batch = windows[first : first + WINDOWS_PER_BATCH]
-        patches = torch.stack([crop[(slice(None), *window)] for window in batch])
-        probabilities = torch.sigmoid(network(channels_last(patches)))[:, 0]
-        for window, probability in zip(batch, probabilities, strict=True):
-            summed[window] += probability * weights
-            total_weight[window] += weights
-    probability = torch.zeros(head.shape, device=device)
-    sides = [part.stop - part.start for part in box]
-    probability[box] = (summed / total_weight)[: sides[0], : sides[1], : sides[2]]
+    # Sides rounded up to a multiple of 8: the network pools 3 times by 2.
+    sides = [-(-side // 8) * 8 for side in crop.shape[1:]]
+    crop = torch.from_numpy(pad_to_at_least(crop, sides)).to(device)[None]
+    probability = sliding_window_inference(
+        crop,
+        roi_size=[min(window_size, side) for side in sides],
+        sw_batch_size=windows_per_batch,
+        predictor=lambda windows: torch.sigmoid(network(channels_last(windows))),
+        overlap=overlap,
+        mode="gaussian",
+    )[0, 0]
+    full = torch.zeros(head.shape, device=device)
+    full[box] = probability[tuple(slice(0, part.stop - part.start) for part in box)]
     # Lesions are inside the head. Outside, the image is dark and its mirror
     # may be bright (no two heads are exactly symmetric): it looks like a
     # lesion to the network, so rule it out.
-    return probability * torch.from_numpy(head).to(device)
+    return full * torch.from_numpy(head).to(device)
 
 
 def shift_probability(probability, threshold):
@@ -442,16 +463,64 @@ def shift_probability(probability, threshold):
     return torch.sigmoid(logit - float(np.log(threshold / (1 - threshold))))
 
 
+def weaken_unsure_lesions(probability, min_peak):
+    """Halve the probability of predicted lesions that never reach ``min_peak``.
+
+    A predicted lesion is a connected component of ``probability >= 0.5``
+    (face connectivity, as scored). Faint blobs far from the lesion are the
+    network's typical false positives; halving keeps their order, so that a
+    blend of several models can still bring them back.
+    """
+    if min_peak <= 0.5:
+        return probability
+    labels, count = ndimage.label(probability >= 0.5)
+    if count:
+        peaks = ndimage.maximum(probability, labels, np.arange(1, count + 1))
+        unsure = np.r_[False, np.asarray(peaks) < min_peak]
+        probability[unsure[labels]] *= 0.5
+    return probability
+
+
 # =============================================================================
 # The estimator
 # =============================================================================
 class SmallUNet:
     """A small 3D U-Net trained on 2 mm patches; predicts at 1 mm.
 
+    Every knob is a parameter, stored on the estimator (as in scikit-learn), so
+    a fitted, pickled model predicts the same whatever the source file says.
+
     Parameters
     ----------
-    epochs, patches_per_epoch, batch_size, learning_rate : int, int, int, float
-        The training budget (see the constants at the top of the file).
+    epochs, patches_per_epoch, batch_size : int
+        The training budget: ``epochs * patches_per_epoch // batch_size`` steps.
+    patch_size : int
+        Patch side in working voxels, a multiple of 8.
+    learning_rate : float
+        AdamW's, with cosine decay to 0 over the training.
+    working_voxel_mm : float
+        Train and predict on voxels of this size (1 mm data pooled by 2).
+    base_channels : int
+        Channels of the network's first level; doubled at each of 3 poolings.
+    mirror_channel, template_channel : bool
+        Also give the network the left-right mirror image, and the MNI152
+        template (what a healthy brain looks like at each place).
+    lesion_patch_fraction : float
+        Share of patches centred on a lesion voxel.
+    intensity_augmentation : bool
+        Vary contrast, bias, blur and noise (see :func:`augment_intensities`).
+    misregistration_voxels : int
+        Shift the template and mirror channels by up to this many working
+        voxels against the image (registration is never perfect).
+    window_size, window_overlap, windows_per_batch : int, float, int
+        Sliding windows at prediction (the whole head at 2 mm fits in 128).
+    flip_averaging : bool
+        Average the predictions of the image and of its left-right flip.
+    n_calibration_subjects : int
+        Training subjects on which the decision threshold is tuned.
+    min_lesion_peak : float
+        Predicted lesions whose probability never reaches this are halved
+        (see :func:`weaken_unsure_lesions`); 0.5 or less keeps them all.
     seed : int
         Seeds weights, patch sampling and augmentation: a CPU run is repeatable.
     device : {"cuda", "cpu"} or None
@@ -463,101 +532,157 @@ class SmallUNet:
         The trained weights, on CPU (what is pickled).
     factor_ : int
         Pooling factor from the data's voxels to the working voxels.
-    architecture_ : dict
-        The arguments of :class:`UNet3D`.
     data_shape_ : tuple of int
-        Shape of the training volumes; prediction needs the same grid.
+        Grid of the training volumes; prediction needs the same grid.
     template_ : ndarray of float32 or None
-        The MNI152 template on the working grid (with TEMPLATE_CHANNEL).
+        The MNI152 template on the working grid (with ``template_channel``).
     threshold_ : float
         Decision threshold tuned on training subjects; ``predict_proba``
         shifts the probabilities so that it becomes 0.5.
-    n_parameters_ : int
+    held_bytes_per_subject_ : float
+        Memory that training held per training subject.
+    losses_ : list of float
+        Mean loss of each epoch.
     """
 
     def __init__(
         self,
-        epochs=EPOCHS,
-        patches_per_epoch=PATCHES_PER_EPOCH,
-        batch_size=BATCH_SIZE,
-        learning_rate=LEARNING_RATE,
-        seed=SEED,
+        epochs=20,
+        patches_per_epoch=192,
+        batch_size=8,
+        patch_size=32,
+        learning_rate=1e-3,
+        working_voxel_mm=2.0,
+        base_channels=8,
+        mirror_channel=True,
+        template_channel=True,
+        lesion_patch_fraction=0.5,
+        intensity_augmentation=True,
+        misregistration_voxels=1,
+        window_size=128,
+        window_overlap=0.25,
+        windows_per_batch=4,
+        flip_averaging=True,
+        n_calibration_subjects=8,
+        min_lesion_peak=0.0,
+        seed=0,
         device=None,
     ):
         self.epochs = epochs
         self.patches_per_epoch = patches_per_epoch
         self.batch_size = batch_size
+        self.patch_size = patch_size
         self.learning_rate = learning_rate
+        self.working_voxel_mm = working_voxel_mm
+        self.base_channels = base_channels
+        self.mirror_channel = mirror_channel
+        self.template_channel = template_channel
+        self.lesion_patch_fraction = lesion_patch_fraction
+        self.intensity_augmentation = intensity_augmentation
+        self.misregistration_voxels = misregistration_voxels
+        self.window_size = window_size
+        self.window_overlap = window_overlap
+        self.windows_per_batch = windows_per_batch
+        self.flip_averaging = flip_averaging
+        self.n_calibration_subjects = n_calibration_subjects
+        self.min_lesion_peak = min_lesion_peak
         self.seed = seed
         self.device = device
 
-    # -- fit ------------------------------------------------------------------
-    def _load_training_set(self, X, y):
-        """Read each volume once; keep it pooled, normalized, as float16."""
-        images, lesion_fractions, head_voxels = [], [], []
-        for i in range(len(X)):
-            image, head = prepare(X[i], self.factor_, self.template_)
-            fraction = downsample(y[i].astype(np.float32), self.factor_)
-            # Pad small volumes (low-resolution data) up to one patch.
-            images.append(pad_to_at_least(image, PATCH_SIZE).astype(np.float16))
-            lesion_fractions.append(
-                pad_to_at_least(fraction, PATCH_SIZE, "constant").astype(np.float16)
-            )
-            head = pad_to_at_least(head, PATCH_SIZE, "constant")
-            head_voxels.append(np.flatnonzero(head).astype(np.int32))
-        return images, lesion_fractions, head_voxels
+    # -- training patches -------------------------------------------------------
+    def _patch(self, subjects, rng):
+        """One augmented training patch and its lesion fraction."""
+        size = self.patch_size
+        subject = rng.integers(len(subjects.head_bits))
+        centre = subjects.random_centre(subject, rng, self.lesion_patch_fraction)
+        corner = [
+            int(np.clip(c - size // 2, 0, max(side - size, 0)))
+            for c, side in zip(centre, subjects.shape, strict=True)
+        ]
+        image = subjects.image_patch(subject, corner, size, self.mirror_channel)
+        target = subjects.target_patch(subject, corner, image.shape[1:])
+        if self.intensity_augmentation:
+            mean, sd = subjects.statistics[subject]
+            image = augment_intensities(image, sd / max(mean, 1e-6), rng)
+        else:  # light: intensity scaling and shift
+            image = image * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
+        channels = [image]
+        if self.template_channel:
+            window = tuple(slice(c, c + size) for c in corner)
+            channels.append(self.template_[window][None])
+        # Misregistration: the mirror and template slide against the image.
+        shift = self.misregistration_voxels
+        channels = [channels[0][:1]] + [
+            shift_by_up_to(c, shift, rng) for c in [channels[0][1:], *channels[1:]]
+        ]
+        patch = pad_to_at_least(np.concatenate(channels).astype(np.float32), size)
+        target = pad_to_at_least(target, size, "constant")
+        # Axis x is left-right: the flipped patch is the mirrored brain's
+        # (the template is symmetric).
+        if rng.random() < 0.5:
+            patch, target = patch[:, ::-1], target[::-1]
+        return np.ascontiguousarray(patch), np.ascontiguousarray(target)
 
+    def _batch(self, subjects, rng):
+        pairs = [self._patch(subjects, rng) for _ in range(self.batch_size)]
+        patches, targets = zip(*pairs, strict=True)
+        targets = np.stack(targets)[:, None]  # (batch, 1, x, y, z)
+        return torch.from_numpy(np.stack(patches)), torch.from_numpy(targets)
+
+    # -- fit ------------------------------------------------------------------
     def fit(self, X, y):
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         device = pick_device(self.device)
-
-        self.factor_ = working_factor(X.voxel_volume_ml)
-        self.data_shape_ = X.volume_shape
         start = time.perf_counter()
+        self.factor_ = working_factor(X.voxel_volume_ml, self.working_voxel_mm)
+        self.data_shape_ = volume_shape(X)
         self.template_ = (
-            template_on_grid(X.affine, X.volume_shape, self.factor_)
-            if TEMPLATE_CHANNEL
+            template_on_grid(X.affine, self.data_shape_, self.factor_)
+            if self.template_channel
             else None
         )
-        sampler = PatchSampler(*self._load_training_set(X, y), rng)
+        subjects = TrainingSubjects(X, y, self.factor_)
+        self.held_bytes_per_subject_ = subjects.held_bytes()
         print(
-            f"small_cnn: {len(X)} volumes loaded at {WORKING_VOXEL_MM:g} mm in "
-            f"{time.perf_counter() - start:.1f} s; training on {device}",
+            f"small_cnn: {len(X)} subjects read in {time.perf_counter() - start:.1f}"
+            f" s ({self.held_bytes_per_subject_ / 1e3:.0f} kB held per subject); "
+            f"training on {device}",
             flush=True,
         )
-
-        self.architecture_ = dict(
-            in_channels=1 + MIRROR_CHANNEL + TEMPLATE_CHANNEL,
-            base_channels=BASE_CHANNELS,
-        )
-        network = UNet3D(**self.architecture_)
+        network = UNet3D(**self._architecture())
         network = network.to(device, memory_format=torch.channels_last_3d)
-        self.n_parameters_ = count_parameters(network)
         optimizer = torch.optim.AdamW(network.parameters(), lr=self.learning_rate)
         steps_per_epoch = max(1, self.patches_per_epoch // self.batch_size)
         # Cosine decay of the learning rate: big steps first, fine-tuning last.
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=self.epochs * steps_per_epoch
         )
+        # Soft Dice over the whole batch as one volume (patches without lesion
+        # have no Dice of their own) + binary cross-entropy, equal weights.
+        # The targets are lesion fractions in [0, 1]; both terms accept them.
+        loss_function = DiceCELoss(
+            sigmoid=True, batch=True, smooth_nr=1.0, smooth_dr=1.0
+        )
         network.train()
+        self.losses_ = []
         for epoch in range(self.epochs):
             start, losses = time.perf_counter(), []
             for _ in range(steps_per_epoch):
-                patches, targets = sampler.batch(self.batch_size)
+                patches, targets = self._batch(subjects, rng)
                 logits = network(channels_last(patches.to(device)))
-                loss = dice_plus_cross_entropy(logits, targets.to(device))
+                loss = loss_function(logits, targets.to(device))
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
                 schedule.step()
                 losses.append(loss.item())
+            self.losses_.append(float(np.mean(losses)))
             print(
-                f"small_cnn: epoch {epoch + 1:2d}/{self.epochs}  "
-                f"loss {np.mean(losses):.3f}  {time.perf_counter() - start:.1f} s",
+                f"small_cnn: epoch {epoch + 1:2d}/{self.epochs}  loss "
+                f"{self.losses_[-1]:.3f}  {time.perf_counter() - start:.1f} s",
                 flush=True,
             )
-
         # Keep the weights on CPU: picklable, and loadable without a GPU.
         self.state_dict_ = {
             name: tensor.detach().cpu() for name, tensor in network.state_dict().items()
@@ -566,21 +691,22 @@ class SmallUNet:
         self.threshold_ = self._best_threshold(X, y, device)
         return self
 
+    def _architecture(self):
+        channels = 1 + bool(self.mirror_channel) + bool(self.template_channel)
+        return dict(in_channels=channels, base_channels=self.base_channels)
+
     def _best_threshold(self, X, y, device):
         """The threshold in THRESHOLDS with the best mean Dice on a few subjects.
 
         The subjects are training subjects, evenly spread over ``X``; Dice is
         computed at the data's resolution, as it is scored.
         """
-        subjects = np.unique(
-            np.linspace(0, len(X) - 1, min(len(X), N_CALIBRATION_SUBJECTS)).round()
-        ).astype(int)
+        count = min(len(X), self.n_calibration_subjects)
+        subjects = np.unique(np.linspace(0, len(X) - 1, count).round()).astype(int)
         network = self._trained_network(device)
         dice_sums = np.zeros(len(THRESHOLDS))
         for i in subjects:
-            probability = self._probability_on_data_grid(
-                network, X[i], X.volume_shape, device
-            )
+            probability = self._probability_on_data_grid(network, X[i], device)
             truth = torch.from_numpy(np.asarray(y[i], dtype=bool)).to(device)
             for position, threshold in enumerate(THRESHOLDS):
                 predicted = probability >= threshold
@@ -604,15 +730,25 @@ class SmallUNet:
         """The network, rebuilt from ``state_dict_`` after unpickling."""
         network = getattr(self, "_network", None)
         if network is None:
-            network = UNet3D(**self.architecture_)
+            network = UNet3D(**self._architecture())
             network.load_state_dict(self.state_dict_)
             self._network = network.eval()
         return network.to(device, memory_format=torch.channels_last_3d)
 
-    def _probability_on_data_grid(self, network, volume, shape, device):
+    def _probability_on_data_grid(self, network, volume, device):
         """Unshifted lesion probability of one volume, on the data's grid."""
-        image, head = prepare(volume, self.factor_, self.template_)
-        probability = sliding_window_probability(network, image, head, device)
+        image, head = prepare(volume, self.factor_, self.template_, self.mirror_channel)
+        windows = dict(
+            window_size=self.window_size,
+            overlap=self.window_overlap,
+            windows_per_batch=self.windows_per_batch,
+        )
+        probability = predict_probability(network, image, head, device, **windows)
+        if self.flip_averaging:  # the left-right flip, predicted and flipped back
+            flipped = predict_probability(
+                network, image[:, ::-1].copy(), head[::-1].copy(), device, **windows
+            )
+            probability = (probability + flipped.flip(0)) / 2
         if self.factor_ > 1:
             # Back to the data's grid: trilinear, then crop the edge padding.
             probability = F.interpolate(
@@ -621,6 +757,7 @@ class SmallUNet:
                 mode="trilinear",
                 align_corners=False,
             )[0, 0]
+        shape = self.data_shape_
         return probability[: shape[0], : shape[1], : shape[2]].clamp(0, 1)
 
     def predict_proba(self, X):
@@ -628,21 +765,22 @@ class SmallUNet:
 
         Shifted so that 0.5 is the decision threshold tuned in :meth:`fit`.
         """
-        if X.volume_shape != self.data_shape_:
+        shape = volume_shape(X)
+        if shape != self.data_shape_:
             raise ValueError(
                 f"small_cnn was trained on volumes of shape {self.data_shape_} "
-                f"but is asked to predict on {X.volume_shape}: train and predict "
+                f"but is asked to predict on {shape}: train and predict "
                 "on the same grid."
             )
         device = pick_device(self.device)
         network = self._trained_network(device)
-        probabilities = np.zeros(X.shape, dtype=np.float32)
+        probabilities = np.zeros((len(X), *shape), dtype=np.float32)
         for i in range(len(X)):
-            probability = self._probability_on_data_grid(
-                network, X[i], X.volume_shape, device
-            )
+            probability = self._probability_on_data_grid(network, X[i], device)
             probability = shift_probability(probability, self.threshold_)
-            probabilities[i] = probability.cpu().numpy()
+            probabilities[i] = weaken_unsure_lesions(
+                probability.cpu().numpy(), self.min_lesion_peak
+            )
         return probabilities
 
     def predict(self, X):
@@ -655,12 +793,35 @@ class SmallUNet:
         return state
 
 
-def get_estimator():
-    # Read the constants here (not at import) so that tests can change them.
-    return SmallUNet(
-        epochs=EPOCHS,
-        patches_per_epoch=PATCHES_PER_EPOCH,
-        batch_size=BATCH_SIZE,
-        learning_rate=LEARNING_RATE,
-        seed=SEED,
-    )
+#: Training budgets. ``ramp-test --quick-test`` uses "quick"; for a CUDA GPU,
+#: change the default below to ``budget="gpu"`` (one line).
+BUDGETS = {
+    # Enough to see it learn in about a minute a fold: small patches, all
+    # centred on lesions, a higher learning rate, no flip averaging.
+    "quick": dict(
+        epochs=4,
+        patches_per_epoch=96,
+        patch_size=24,
+        learning_rate=3e-3,
+        lesion_patch_fraction=1.0,
+        n_calibration_subjects=4,
+        flip_averaging=False,
+    ),
+    "cpu": dict(),
+    # Longer training and a wider network: about 2.5 times the CPU budget's
+    # steps, with 4 times the convolution work per step.
+    "gpu": dict(epochs=50, patches_per_epoch=384, base_channels=16, device="cuda"),
+}
+
+
+def get_estimator(budget=None):
+    """The small U-Net with the budget's settings.
+
+    Parameters
+    ----------
+    budget : {"quick", "cpu", "gpu"} or None
+        None: "quick" under ``ramp-test --quick-test``, else "cpu".
+    """
+    if budget is None:
+        budget = "quick" if is_quick_test() else "cpu"
+    return SmallUNet(**BUDGETS[budget])
