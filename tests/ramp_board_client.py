@@ -48,6 +48,7 @@ def results(config, event, team, name):
     with _session(config) as session:
         submission = get_submission_by_name(session, event, team, name)
         answer = {
+            "basename": submission.basename,  # its folder, ramp-engine's name
             "state": submission.state,
             "error_msg": get_submission_error_msg(session, submission.id),
         }
