@@ -75,11 +75,19 @@ def load_y_pred(data_path=".", input_path=".", suffix="test"):
     if not os.path.exists(path):
         # ramp-blend reads as many folds as get_cv makes now: 5, or 2 when
         # RAMP_TEST_MODE is set, as `ramp-test --quick-test` does.
-        runs = "ramp-test --quick-test" if QUICK_TEST else "ramp-test (5 folds)"
-        raise FileNotFoundError(
-            f"{path} does not exist: ramp-blend expects the saved outputs of "
-            f"{runs} --save-output for this submission. To blend quick runs, set "
-            "the variable --quick-test sets: `RAMP_TEST_MODE=1 ramp-blend ...`; "
-            "otherwise run `ramp-test --submission <name> --save-output` first."
-        )
+        if QUICK_TEST:
+            advice = (
+                "ramp-blend in quick mode (RAMP_TEST_MODE set) reads the 2 folds "
+                "that `ramp-test --quick-test --save-output` saves: run it for this "
+                "submission first."
+            )
+        else:
+            advice = (
+                "ramp-blend reads the 5 folds of a full `ramp-test --save-output`. To "
+                "blend quick runs (`ramp-test --quick-test --save-output`, 2 folds), "
+                "set the variable that --quick-test sets: `RAMP_TEST_MODE=1 "
+                "ramp-blend --submissions ...`; otherwise run `ramp-test --submission "
+                "<name> --save-output` first."
+            )
+        raise FileNotFoundError(f"{path} does not exist: {advice}")
     return load_sparse_probas(path)

@@ -3,6 +3,7 @@
 One module per concept:
 
 * :mod:`atlas_ramp.bids`: ATLAS/BIDS file names and subject discovery;
+* :mod:`atlas_ramp.grids`: one voxel grid per split, in MNI's RAS orientation;
 * :mod:`atlas_ramp.volumes`: lazy volumes ``X``, sparse masks ``y``, the cache;
 * :mod:`atlas_ramp.masks`: sparse masks and sparse probabilities;
 * :mod:`atlas_ramp.predictions`: ramp-workflow ``Predictions`` and their files;

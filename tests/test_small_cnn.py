@@ -329,6 +329,6 @@ def test_threshold_is_tuned_on_training_subjects(fitted):
 
 def test_predicting_on_another_grid_says_so(fitted):
     estimator, _ = fitted
-    other_grid = SimpleNamespace(shape=(10, 10, 10))
+    other_grid = SimpleNamespace(volume_shape=(10, 10, 10))
     with pytest.raises(ValueError, match="trained on volumes of shape"):
         estimator.predict_proba(other_grid)
