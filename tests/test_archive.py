@@ -935,3 +935,11 @@ def test_links_are_created_normalised(tmp_path):
     extract_tar_stream(io.BytesIO(gzip.decompress(tar_gz_bytes(members))), destination)
     assert os.readlink(destination / "top/b/link.txt") == "../a/file.txt"
     assert (destination / "top/b/link.txt").read_text() == "content"
+
+
+def test_a_python_without_extraction_filters_is_told_to_upgrade(tmp_path, monkeypatch):
+    monkeypatch.delattr(tarfile, "data_filter")
+    tar_bytes = gzip.decompress(tar_gz_bytes([_GOOD]))
+    with pytest.raises(DataError, match="Upgrade Python"):
+        extract_tar_stream(io.BytesIO(tar_bytes), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
