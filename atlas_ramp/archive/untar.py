@@ -55,9 +55,9 @@ from .openssl import (
     BASE64_SALT_HEADER,
     GZIP_MAGIC,
     HEAD_SIZE,
-    _peek,
     check_password,
     decrypt_openssl_stream,
+    peek,
 )
 
 CHUNK_SIZE = 1 << 20  # bytes read, decrypted, decompressed at a time
@@ -333,7 +333,7 @@ def unpack_archive_stream(
     int
         The number of tar members extracted.
     """
-    head, raw = _peek(iter(chunks), max(HEAD_SIZE, len(BASE64_SALT_HEADER)))
+    head, raw = peek(iter(chunks), max(HEAD_SIZE, len(BASE64_SALT_HEADER)))
     if head.startswith(GZIP_MAGIC):
         compressed: Iterator[bytes] = raw  # decrypted by hand already
     else:
