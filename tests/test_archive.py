@@ -768,7 +768,8 @@ def test_an_archive_encrypted_another_way_is_named_as_such(
     message = capsys.readouterr().err
     assert f"encrypted with 'openssl enc {option}'" in message
     assert "not in the format of the ATLAS archive" in message
-    assert "the password is right" in message and "Wrong password" not in message
+    assert "this password opens it that way" in message
+    assert "Wrong password" not in message
     assert snapshot(existing_data) == before
     assert_nothing_left_behind(existing_data)
 

@@ -273,9 +273,10 @@ def check_password(head: bytes, password: str | bytes, *, name: str) -> None:
             raise NotAtlasFormatError(
                 f"{name} was encrypted with 'openssl enc {option}', not in the "
                 "format of the ATLAS archive ('openssl enc -aes-256-cbc -md "
-                "sha256 -a'); the password is right. Decrypt it with 'openssl enc "
-                f"-d -aes-256-cbc {option} -a -in FILE -out atlas.tar.gz' (without "
-                "-a if the file is binary), then pass --archive atlas.tar.gz."
+                "sha256 -a'), and this password opens it that way. Decrypt it "
+                f"with 'openssl enc -d -aes-256-cbc {option} -a -in FILE -out "
+                "atlas.tar.gz' (without -a if the file is binary), then pass "
+                "--archive atlas.tar.gz."
             )
     raise WrongPasswordError(
         f"Wrong password for {name}, or the file is not in the ATLAS format "
