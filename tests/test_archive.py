@@ -768,7 +768,8 @@ def test_an_archive_encrypted_another_way_is_named_as_such(
     message = capsys.readouterr().err
     assert f"encrypted with 'openssl enc {option}'" in message
     assert "not in the format of the ATLAS archive" in message
-    assert "the password is right" in message and "Wrong password" not in message
+    assert "this password opens it that way" in message
+    assert "Wrong password" not in message
     assert snapshot(existing_data) == before
     assert_nothing_left_behind(existing_data)
 
@@ -935,3 +936,11 @@ def test_links_are_created_normalised(tmp_path):
     extract_tar_stream(io.BytesIO(gzip.decompress(tar_gz_bytes(members))), destination)
     assert os.readlink(destination / "top/b/link.txt") == "../a/file.txt"
     assert (destination / "top/b/link.txt").read_text() == "content"
+
+
+def test_a_python_without_extraction_filters_is_told_to_upgrade(tmp_path, monkeypatch):
+    monkeypatch.delattr(tarfile, "data_filter")
+    tar_bytes = gzip.decompress(tar_gz_bytes([_GOOD]))
+    with pytest.raises(DataError, match="Upgrade Python"):
+        extract_tar_stream(io.BytesIO(tar_bytes), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -77,7 +77,7 @@ def evp_bytes_to_key(
     return derived[:key_length], derived[key_length : key_length + iv_length]
 
 
-def _pbkdf2_key(password: bytes, salt: bytes) -> tuple[bytes, bytes]:
+def pbkdf2_key(password: bytes, salt: bytes) -> tuple[bytes, bytes]:
     """Key and IV of ``openssl enc -pbkdf2`` (default iterations, SHA-256)."""
     derived = PBKDF2HMAC(
         hashes.SHA256(), KEY_LENGTH + IV_LENGTH, salt, OPENSSL_PBKDF2_ITERATIONS
@@ -89,7 +89,7 @@ def _encoded(password: str | bytes) -> bytes:
     return password.encode("utf-8") if isinstance(password, str) else password
 
 
-def _peek(chunks: Iterator[bytes], size: int) -> tuple[bytes, Iterator[bytes]]:
+def peek(chunks: Iterator[bytes], size: int) -> tuple[bytes, Iterator[bytes]]:
     """The first ``size`` bytes of a stream, and the whole stream, head included."""
     seen = []
     length = 0
@@ -142,7 +142,7 @@ def _decode_base64(chunks: Iterable[bytes], name: str) -> Iterator[bytes]:
 
 def _binary_stream(chunks: Iterable[bytes], name: str) -> Iterator[bytes]:
     """The binary ``enc`` output, whether the file is base64 (``-a``) or not."""
-    head, chunks = _peek(iter(chunks), len(BASE64_SALT_HEADER))
+    head, chunks = peek(iter(chunks), len(BASE64_SALT_HEADER))
     if head.startswith(BASE64_SALT_HEADER):
         return _decode_base64(chunks, name)
     if head.startswith(SALT_HEADER):
@@ -265,7 +265,7 @@ def check_password(head: bytes, password: str | bytes, *, name: str) -> None:
     if _starts_like_gzip(*evp_bytes_to_key(password, salt), block):
         return
     others = {
-        "-pbkdf2": lambda: _pbkdf2_key(password, salt),
+        "-pbkdf2": lambda: pbkdf2_key(password, salt),
         "-md md5": lambda: evp_bytes_to_key(password, salt, digest="md5"),
     }
     for option, derive in others.items():
@@ -273,9 +273,10 @@ def check_password(head: bytes, password: str | bytes, *, name: str) -> None:
             raise NotAtlasFormatError(
                 f"{name} was encrypted with 'openssl enc {option}', not in the "
                 "format of the ATLAS archive ('openssl enc -aes-256-cbc -md "
-                "sha256 -a'); the password is right. Decrypt it with 'openssl enc "
-                f"-d -aes-256-cbc {option} -a -in FILE -out atlas.tar.gz' (without "
-                "-a if the file is binary), then pass --archive atlas.tar.gz."
+                "sha256 -a'), and this password opens it that way. Decrypt it "
+                f"with 'openssl enc -d -aes-256-cbc {option} -a -in FILE -out "
+                "atlas.tar.gz' (without -a if the file is binary), then pass "
+                "--archive atlas.tar.gz."
             )
     raise WrongPasswordError(
         f"Wrong password for {name}, or the file is not in the ATLAS format "

@@ -41,6 +41,7 @@ from __future__ import annotations
 import errno
 import gzip
 import os
+import platform
 import re
 import stat
 import tarfile
@@ -48,14 +49,15 @@ import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from ..bids import DataError
 from .errors import CorruptArchiveError, UnsafeArchiveError
 from .openssl import (
     BASE64_SALT_HEADER,
     GZIP_MAGIC,
     HEAD_SIZE,
-    _peek,
     check_password,
     decrypt_openssl_stream,
+    peek,
 )
 
 CHUNK_SIZE = 1 << 20  # bytes read, decrypted, decompressed at a time
@@ -118,8 +120,11 @@ def _resolve(path: str, links: dict[str, str]) -> str:
     (``links``: created path -> target), not as it was created (normalised).
     ``path`` is absolute.
     """
-    resolved = os.sep
-    pending = list(reversed(path.split(os.sep)))
+    drive, rest = os.path.splitdrive(path)
+    if os.altsep:  # Windows: tar names use "/"
+        rest = rest.replace(os.altsep, os.sep)
+    top = resolved = drive + os.sep
+    pending = list(reversed(rest.split(os.sep)))
     followed = 0
     while pending:
         part = pending.pop()
@@ -141,7 +146,7 @@ def _resolve(path: str, links: dict[str, str]) -> str:
             raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
         target = links.get(candidate) or os.readlink(candidate)
         if os.path.isabs(target):
-            resolved = os.sep
+            resolved = top
         pending.extend(reversed(target.split(os.sep)))
     return resolved
 
@@ -261,6 +266,12 @@ def extract_tar_stream(fileobj, destination: Path | str, *, name: str = "the arc
     int
         The number of members extracted.
     """
+    if not hasattr(tarfile, "data_filter"):
+        raise DataError(
+            f"This Python ({platform.python_version()}) cannot extract {name} "
+            "safely: tarfile's extraction filters came with Python 3.10.12, 3.11.4 "
+            "and 3.12. Upgrade Python (a later 3.10 or 3.11 will do) and run again."
+        )
     root = os.path.realpath(destination)
     os.makedirs(root, exist_ok=True)
     count = 0
@@ -322,7 +333,7 @@ def unpack_archive_stream(
     int
         The number of tar members extracted.
     """
-    head, raw = _peek(iter(chunks), max(HEAD_SIZE, len(BASE64_SALT_HEADER)))
+    head, raw = peek(iter(chunks), max(HEAD_SIZE, len(BASE64_SALT_HEADER)))
     if head.startswith(GZIP_MAGIC):
         compressed: Iterator[bytes] = raw  # decrypted by hand already
     else:

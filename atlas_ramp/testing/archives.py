@@ -24,15 +24,15 @@ from ..archive.openssl import (
     AES_BLOCK,
     GZIP_MAGIC,
     SALT_HEADER,
-    _pbkdf2_key,
     evp_bytes_to_key,
+    pbkdf2_key,
 )
 
 CHUNK_SIZE = 1 << 20
 #: The key derivations of ``openssl enc`` this module can write.
 KEY_DERIVATIONS = {
     "md-sha256": evp_bytes_to_key,  # -md sha256: ATLAS's
-    "pbkdf2": _pbkdf2_key,  # -pbkdf2 (10,000 rounds of SHA-256): not ATLAS's
+    "pbkdf2": pbkdf2_key,  # -pbkdf2 (10,000 rounds of SHA-256): not ATLAS's
     "md-md5": lambda password, salt: evp_bytes_to_key(password, salt, digest="md5"),
 }
 
