@@ -4,7 +4,9 @@ Two sources, one entry point:
 
 * ``python download_data.py`` (default, offline): build the synthetic ATLAS-like
   sample (real MNI152 anatomy from nilearn, synthetic subjects and lesions) into
-  ``data/train`` and ``data/test``, in the exact ATLAS R2.0 names and layout.
+  ``data/train``, ``data/test`` and ``data/generalizability`` (subjects of
+  cohorts that train and test never show), in the exact ATLAS R2.0 names and
+  layout.
 * ``python download_data.py --atlas``: turn the real, encrypted ATLAS R2.0 archive
   (available after signing the data use agreement) into ``data/train``,
   ``data/test`` (a cohort-stratified hold-out of the labelled subjects) and

@@ -43,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="integer downsampling factor of the 1 mm grid (tests use 4); default 1",
     )
     synthetic.add_argument(
+        "--n-generalizability",
+        type=_non_negative_int,
+        default=16,
+        metavar="N",
+        help="subjects of unseen cohorts in data/generalizability (default: 16; "
+        "0: none)",
+    )
+    synthetic.add_argument(
         "--jobs",
         type=_positive_int,
         default=None,
@@ -116,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 force=args.force,
                 progress=not args.quiet,
                 n_jobs=args.jobs,
+                n_generalizability=args.n_generalizability,
             )
     except (DataError, OSError) as error:
         if isinstance(error.__cause__, KeyboardInterrupt):
@@ -134,10 +143,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _positive_int(text: str) -> int:
     """argparse type: an integer of at least 1."""
+    return _integer_at_least(text, 1, "a positive integer")
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer of at least 0."""
+    return _integer_at_least(text, 0, "an integer >= 0")
+
+
+def _integer_at_least(text: str, minimum: int, expected: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value

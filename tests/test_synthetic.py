@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nilearn.datasets import load_mni152_template
 from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 from atlas_ramp import bids, synthetic
 from atlas_ramp.bids import DataError
@@ -51,12 +52,12 @@ def hidden_leftovers(folder: Path) -> list[Path]:
 
 def test_layout_and_names_are_atlas(small_sample):
     pattern = re.compile(
-        r"^(train|test)/R(\d{3})/sub-r(\d{3})s(\d{3})/ses-1/anat/"
+        r"^(train|test|generalizability)/R(\d{3})/sub-r(\d{3})s(\d{3})/ses-1/anat/"
         r"sub-r\3s\4_ses-1_space-MNI152NLin2009aSym_"
         r"(T1w|label-L_desc-T1lesion_mask)\.nii\.gz$"
     )
-    counts = {"train": 0, "test": 0}
-    for split in ("train", "test"):
+    counts = {"train": 0, "test": 0, "generalizability": 0}
+    for split in counts:
         split_dir = small_sample / split
         assert (split_dir / "dataset_description.json").is_file()
         assert (split_dir / "participants.tsv").is_file()
@@ -73,11 +74,12 @@ def test_layout_and_names_are_atlas(small_sample):
                 [subject.t1w_path.name, subject.mask_path.name]
             )
             counts[split] += 1
-    assert counts == {"train": 12, "test": 6}
+    assert counts == {"train": 12, "test": 6, "generalizability": 16}
     assert hidden_leftovers(small_sample) == []
     marker = json.loads((small_sample / ".complete").read_text())
     assert marker["generator"] == synthetic.GENERATOR_NAME
     assert (marker["n_train"], marker["n_test"], marker["downsample"]) == (12, 6, 4)
+    assert marker["n_generalizability"] == 16
 
 
 def test_split_is_cohort_stratified_and_disjoint(small_sample):
@@ -95,7 +97,7 @@ def test_split_is_cohort_stratified_and_disjoint(small_sample):
 
 
 def test_participants_tsv_matches_the_masks(small_sample):
-    for split in ("train", "test"):
+    for split in ("train", "test", "generalizability"):
         rows = read_tsv(small_sample / split / "participants.tsv")
         subjects = bids.find_subjects(small_sample / split)
         assert [row["participant_id"] for row in rows] == [
@@ -125,7 +127,7 @@ def test_participants_tsv_matches_the_masks(small_sample):
 
 
 def test_dataset_description(small_sample):
-    for split in ("train", "test"):
+    for split in ("train", "test", "generalizability"):
         description = json.loads(
             (small_sample / split / "dataset_description.json").read_text()
         )
@@ -229,6 +231,20 @@ def test_lesion_statistics_follow_atlas():
     """Plans of 1000 subjects: counts, locations and volumes like ATLAS."""
     rng = np.random.default_rng(2024)
     plans = [synthetic.sample_lesion_plan(rng) for _ in range(1000)]
+    check_atlas_statistics(plans)
+
+
+def test_generalizability_lesion_statistics_follow_atlas():
+    """The same statistics for 1000 generalizability subjects (their streams)."""
+    plans = []
+    for index in range(1000):
+        seed = synthetic.subject_seed(0, index, generalizability=True)
+        plan_rng = synthetic.streams.child_rng(seed, synthetic.streams.PLAN)
+        plans.append(synthetic.sample_lesion_plan(plan_rng))
+    check_atlas_statistics(plans)
+
+
+def check_atlas_statistics(plans):
     single = np.mean([len(p) == 1 for p in plans])
     assert 0.55 <= single <= 0.7
     for location, share in zip(
@@ -246,13 +262,15 @@ def test_lesion_statistics_follow_atlas():
     assert totals.max() > 100
 
 
-def test_rendered_lesions_follow_their_plan():
+@pytest.mark.parametrize("generalizability", [False, True])
+def test_rendered_lesions_follow_their_plan(generalizability):
     """Drawn lesions have the planned class, side and (about) the volume."""
     anatomy = synthetic.load_anatomy(4)
+    variation = synthetic.UNSEEN_VARIATION if generalizability else None
     ratios = []
     for index in range(24):
-        seed = synthetic.subject_seed(7, index)
-        subject = synthetic.make_subject(seed, None, anatomy)
+        seed = synthetic.subject_seed(7, index, generalizability=generalizability)
+        subject = synthetic.make_subject(seed, None, anatomy, variation=variation)
         plan_rng = synthetic.streams.child_rng(seed, synthetic.streams.PLAN)
         plan = synthetic.sample_lesion_plan(plan_rng)
         drawn = subject.info["lesions"]
@@ -419,6 +437,181 @@ def test_foreign_data_is_not_overwritten(tmp_path):
 
 
 # --------------------------------------------------------------------------
+# The generalizability split
+# --------------------------------------------------------------------------
+
+
+def test_generalizability_cohorts_never_appear_in_train_or_test(small_sample):
+    seen = {
+        s.cohort
+        for split in ("train", "test")
+        for s in bids.find_subjects(small_sample / split)
+    }
+    unseen = bids.find_subjects(small_sample / "generalizability")
+    assert len(unseen) == 16
+    assert all(s.mask_path is not None for s in unseen)  # labelled
+    cohorts = {s.cohort for s in unseen}
+    assert not cohorts & seen
+    assert len(cohorts) == 4
+    # New cohort numbers, after the training ones (R001-R003 here).
+    assert min(int(c[1:]) for c in cohorts) == max(int(c[1:]) for c in seen) + 1
+    rows = read_tsv(small_sample / "generalizability" / "participants.tsv")
+    assert {row["cohort"] for row in rows} == cohorts
+
+
+def test_unseen_scanner_profiles_are_outside_the_training_ranges():
+    ranges = synthetic.scanners.TRAINING_RANGES
+    numeric = [name for name in ranges if name != "blur_fwhm_mm"]
+    max_share = ranges["intensity_offset"][1] / ranges["intensity_scale"][0]
+    for seed in range(30):
+        # The documented ranges do hold the training cohorts...
+        for profile in synthetic.make_cohort_profiles(12, seed):
+            for name in numeric:
+                low, high = ranges[name]
+                assert low <= getattr(profile, name) <= high, (name, profile)
+            blur = profile.blur_fwhm_mm
+            assert blur == 0 or ranges["blur_fwhm_mm"][0] <= blur <= 2.0
+            assert profile.intensity_offset / profile.intensity_scale <= max_share
+        # ...and no unseen cohort is inside any of them.
+        unseen = synthetic.make_unseen_cohort_profiles(11, seed, first_number=13)
+        assert [p.name for p in unseen] == [f"R{n:03d}" for n in range(13, 24)]
+        for profile in unseen:
+            for name in numeric:
+                if name == "intensity_offset":
+                    continue  # an offset relative to the scale, below
+                low, high = ranges[name]
+                value = getattr(profile, name)
+                assert not low <= value <= high, (name, profile)
+            assert profile.intensity_offset / profile.intensity_scale >= 0.2
+        blurs = [p.blur_fwhm_mm for p in unseen]
+        assert blurs[::2] and all(b > ranges["blur_fwhm_mm"][1] for b in blurs[::2])
+        assert all(b == 0 for b in blurs[1::2])
+
+
+def test_unseen_subjects_vary_outside_the_training_ranges():
+    training, unseen = synthetic.SubjectVariation(), synthetic.UNSEEN_VARIATION
+    for name in ("deformation_mm", "lesion_core", "lesion_rim_mm"):
+        assert getattr(unseen, name)[0] > getattr(training, name)[1], name
+    assert unseen.perivascular_spaces[0] >= training.perivascular_spaces[1]
+    assert not training.misregistered and unseen.misregistered
+    anatomy = synthetic.load_anatomy(6)
+    severities = []
+    for index in range(10):
+        info = synthetic.make_subject(
+            synthetic.subject_seed(0, index, generalizability=True),
+            None,
+            anatomy,
+            variation=unseen,
+        ).info
+        distractors = info["distractors"]
+        assert 60 <= distractors["perivascular_spaces"] < 120
+        severities.append(distractors["white_matter_hypointensity"])
+        motion = info["misregistration"]
+        assert 1.5 <= np.linalg.norm(motion["shift_mm"]) <= 3.0 + 0.01
+        assert 1.5 <= motion["rotation_degrees"] <= 3.0
+        trained = synthetic.make_subject(
+            synthetic.subject_seed(0, index), None, anatomy
+        )
+        assert "misregistration" not in trained.info
+        assert 8 <= trained.info["distractors"]["perivascular_spaces"] < 50
+    # Severe white-matter hypointensities: rare in training (Beta(1.3, 3):
+    # 9% of subjects at 0.6 or more), every unseen subject.
+    assert min(severities) >= 0.6
+    rng = np.random.default_rng(0)
+    assert np.mean(rng.beta(1.3, 3.0, size=10_000) >= 0.6) < 0.12
+
+
+@pytest.mark.parametrize("shift_mm, degrees", [(8.0, 0.0), (0.0, 10.0), (6.0, 6.0)])
+def test_misregistration_moves_image_and_mask_together(shift_mm, degrees):
+    anatomy = synthetic.load_anatomy(2)
+    mask = np.zeros(anatomy.shape, dtype=np.uint8)
+    point = np.array([30.0, -20.0, 20.0])
+    centre = anatomy.index_of(point)
+    mask[tuple(slice(c - 4, c + 5) for c in centre)] = 1
+    t1 = mask * np.float32(500)
+    moved_t1, moved_mask, motion = synthetic.fields.misregister(
+        anatomy,
+        t1,
+        mask,
+        np.random.default_rng(1),
+        (shift_mm, shift_mm),
+        (degrees, degrees),
+    )
+    assert np.linalg.norm(motion["shift_mm"]) == pytest.approx(shift_mm, abs=0.01)
+    assert motion["rotation_degrees"] == pytest.approx(degrees)
+    # Image and mask moved together (nearest neighbour and linear
+    # interpolation differ only at the border), the mask kept its size.
+    inside, bright = moved_mask > 0, moved_t1 >= 250
+    assert (moved_t1[inside] > 0).all() and not (moved_t1[~inside] >= 450).any()
+    assert 2 * (inside & bright).sum() / (inside.sum() + bright.sum()) > 0.85
+    assert abs(int(moved_mask.sum()) - int(mask.sum())) <= 0.1 * mask.sum()
+
+    def world_centroid(volume):
+        return (anatomy.affine @ [*np.argwhere(volume).mean(0), 1])[:3]
+
+    angle = np.deg2rad(motion["rotation_degrees"])
+    rotation = Rotation.from_rotvec(angle * np.array(motion["rotation_axis"]))
+    expected = rotation.apply(world_centroid(mask)) + motion["shift_mm"]
+    # Nearest neighbour: within half a voxel (1 mm here) on each axis.
+    error_mm = world_centroid(moved_mask) - expected
+    assert np.abs(error_mm).max() <= anatomy.downsample / 2 + 0.25, error_mm
+
+
+def test_train_and_test_do_not_depend_on_generalizability(tmp_path, capsys):
+    without = synthetic.build_sample(tmp_path / "a", **TINY, n_generalizability=0)
+    with_five = synthetic.build_sample(tmp_path / "b", **TINY, n_generalizability=5)
+    assert not (without / "generalizability").exists()
+    assert len(read_tsv(with_five / "generalizability" / "participants.tsv")) == 5
+    for split in ("train", "test"):
+        assert split_files(without / split) == split_files(with_five / split)
+    # Rebuilt without it, the split goes: the sample is one whole.
+    synthetic.build_sample(with_five, **TINY, n_generalizability=0)
+    assert "other parameters" in capsys.readouterr().out
+    assert not (with_five / "generalizability").exists()
+    assert hidden_leftovers(with_five) == []
+    with pytest.raises(ValueError, match="n_generalizability"):
+        synthetic.build_sample(tmp_path / "c", **TINY, n_generalizability=-1)
+
+
+def test_download_data_writes_generalizability_unless_zero(tmp_path, capsys):
+    tiny = ["--n-train", "2", "--n-test", "1", "--n-cohorts", "1"]
+    tiny += ["--downsample", "6", "--quiet"]
+    assert (
+        download_main(
+            ["--output", str(tmp_path / "none"), *tiny, "--n-generalizability", "0"]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in (tmp_path / "none").iterdir()) == [
+        ".complete",
+        "test",
+        "train",
+    ]
+    assert download_main(["--output", str(tmp_path / "default"), *tiny]) == 0
+    folder = tmp_path / "default" / "generalizability"
+    assert len(bids.find_subjects(folder)) == 16
+    assert (folder / "dataset_description.json").is_file()
+    assert "generalizability" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        download_main(["--output", str(tmp_path), "--n-generalizability", "-1"])
+
+
+def test_interrupted_generalizability_keeps_the_previous_sample(tmp_path, monkeypatch):
+    output = synthetic.build_sample(tmp_path / "data", **TINY)
+    splits = ("train", "test", "generalizability")
+    before = {split: split_files(output / split) for split in splits}
+    fail_after(monkeypatch, 5)  # train and test (3) done, then 2 of 16 others
+    with pytest.raises(KeyboardInterrupt):
+        synthetic.build_sample(output, **{**TINY, "seed": 5}, force=True, n_jobs=1)
+    assert {split: split_files(output / split) for split in splits} == before
+    assert hidden_leftovers(output) == []
+    monkeypatch.undo()
+    next((output / "generalizability").rglob("*_mask.nii.gz")).unlink()
+    synthetic.build_sample(output, **TINY)  # resumes: rebuilds what is missing
+    assert {split: split_files(output / split) for split in splits} == before
+
+
+# --------------------------------------------------------------------------
 # Worker processes
 # --------------------------------------------------------------------------
 
@@ -437,19 +630,19 @@ def test_available_cpus_is_portable(monkeypatch):
 
 
 def test_default_jobs_use_the_cores_that_are_there(monkeypatch):
-    monkeypatch.setattr(synthetic.sample, "available_cpus", lambda: 12)
-    monkeypatch.setattr(synthetic.sample, "physical_memory", lambda: 256e9)
+    monkeypatch.setattr(synthetic.workers, "available_cpus", lambda: 12)
+    monkeypatch.setattr(synthetic.workers, "physical_memory", lambda: 256e9)
     assert synthetic.default_jobs(56, 1) == 12  # no longer capped at 2
     assert synthetic.default_jobs(56, 2) == 12
     assert synthetic.default_jobs(10, 1) == 10  # at most one per subject
     assert synthetic.default_jobs(5, 1) == 1  # too few subjects to pay off
     assert synthetic.default_jobs(56, 4) == 1  # small volumes: one process
-    monkeypatch.setattr(synthetic.sample, "physical_memory", lambda: 8e9)
+    monkeypatch.setattr(synthetic.workers, "physical_memory", lambda: 8e9)
     assert synthetic.default_jobs(56, 1) == 3  # half of 8 GB / 1.2 GB a worker
     assert synthetic.default_jobs(56, 2) == 12  # 2 mm workers need 1/8 of it
-    monkeypatch.setattr(synthetic.sample, "physical_memory", lambda: None)
+    monkeypatch.setattr(synthetic.workers, "physical_memory", lambda: None)
     assert synthetic.default_jobs(56, 1) == 12
-    monkeypatch.setattr(synthetic.sample, "available_cpus", lambda: 1)
+    monkeypatch.setattr(synthetic.workers, "available_cpus", lambda: 1)
     assert synthetic.default_jobs(56, 1) == 1
 
 

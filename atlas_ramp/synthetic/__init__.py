@@ -46,15 +46,18 @@ One module per concept:
   hypointensities, perivascular spaces;
 * :mod:`~atlas_ramp.synthetic.lesions`: lesion plans and drawn lesions;
 * :mod:`~atlas_ramp.synthetic.scanners`: cohort scanner profiles;
+* :mod:`~atlas_ramp.synthetic.generalizability`: the unseen cohorts of the
+  generalizability split, and how they differ from the training ones;
 * :mod:`~atlas_ramp.synthetic.subject`: one subject, all of the above in order;
 * :mod:`~atlas_ramp.synthetic.files`: NIfTI files and BIDS side files;
-* :mod:`~atlas_ramp.synthetic.sample`: planning a sample and the atomic build.
+* :mod:`~atlas_ramp.synthetic.sample`: planning a sample and the atomic build;
+* :mod:`~atlas_ramp.synthetic.workers`: how many worker processes a build uses.
 
 Main entry points
 -----------------
 :func:`build_sample`
-    Write ``train/`` and ``test/`` in the ATLAS R2.0 layout (used by
-    ``download_data.py``).
+    Write ``train/``, ``test/`` and ``generalizability/`` in the ATLAS R2.0
+    layout (used by ``download_data.py``).
 :func:`make_subject`
     Generate one subject in memory.
 """
@@ -67,6 +70,11 @@ from .files import (
     PARTICIPANT_COLUMNS,
     write_subject,
 )
+from .generalizability import (
+    N_GENERALIZABILITY,
+    UNSEEN_VARIATION,
+    make_unseen_cohort_profiles,
+)
 from .lesions import (
     LOCATION_SHARES,
     LOCATIONS,
@@ -78,14 +86,14 @@ from .sample import (
     COMPLETION_MARKER,
     SPLITS,
     SubjectRecord,
-    available_cpus,
     build_sample,
-    default_jobs,
+    plan_generalizability,
     plan_subjects,
 )
 from .scanners import BLURRED_COHORTS, CohortProfile, make_cohort_profiles
 from .streams import subject_seed
-from .subject import SyntheticSubject, make_subject
+from .subject import SubjectVariation, SyntheticSubject, make_subject
+from .workers import available_cpus, default_jobs
 
 __all__ = [
     "BLURRED_COHORTS",
@@ -96,13 +104,16 @@ __all__ = [
     "LOCATIONS",
     "LOCATION_SHARES",
     "MAX_DOWNSAMPLE",
+    "N_GENERALIZABILITY",
     "N_LESIONS_SHARES",
     "PARTICIPANT_COLUMNS",
     "SPLITS",
+    "UNSEEN_VARIATION",
     "Anatomy",
     "CohortProfile",
     "LesionPlan",
     "SubjectRecord",
+    "SubjectVariation",
     "SyntheticSubject",
     "available_cpus",
     "build_sample",
@@ -111,6 +122,8 @@ __all__ = [
     "load_anatomy",
     "make_cohort_profiles",
     "make_subject",
+    "make_unseen_cohort_profiles",
+    "plan_generalizability",
     "plan_subjects",
     "sample_lesion_plan",
     "subject_seed",

@@ -10,6 +10,8 @@ outline. Rician noise is what magnitude MR images show.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
 
 from .anatomy import MAX_DISPLACEMENT_MM, Anatomy, template_1mm
 
@@ -176,3 +178,59 @@ def add_rician_noise(values: np.ndarray, level: float, rng) -> np.ndarray:
     values += noise_real
     # Written out: np.hypot is several times slower than this.
     return np.sqrt(values * values + noise_imaginary * noise_imaginary)
+
+
+def misregister(anatomy: Anatomy, t1, mask, rng, shift_mm, degrees):
+    """Move image and mask together by a small random rigid motion.
+
+    What an imperfect registration to MNI leaves: the brain sits a few
+    millimetres and degrees off the template, while the affine still says MNI.
+    The image is resampled linearly, the mask by nearest neighbour (it stays a
+    0/1 mask, aligned with the image to half a voxel).
+
+    Parameters
+    ----------
+    anatomy : Anatomy
+    t1 : ndarray of float32
+        Image in the cohort's units (whole numbers, 0 outside the brain).
+    mask : ndarray of uint8
+    rng : numpy.random.Generator
+        The subject's misregistration stream.
+    shift_mm, degrees : (float, float)
+        Ranges of the length of the shift and of the rotation angle; the
+        directions (shift and rotation axis) are uniformly random.
+
+    Returns
+    -------
+    t1, mask : ndarray
+        Moved copies.
+    motion : dict
+        ``shift_mm`` (x, y, z), ``rotation_degrees`` and ``rotation_axis``
+        (a unit vector): the brain point p moved to ``R p + shift``.
+    """
+    direction = rng.standard_normal(3)
+    shift = rng.uniform(*shift_mm) * direction / np.linalg.norm(direction)
+    axis = rng.standard_normal(3)
+    angle = rng.uniform(*degrees)
+    rotation = Rotation.from_rotvec(np.deg2rad(angle) * axis / np.linalg.norm(axis))
+    # World point p moves to R p + shift (about the MNI origin, near the brain's
+    # centre). Resampling needs the inverse, in voxels: for an output voxel v
+    # at p = A v, the input point is R^T (p - shift).
+    affine = anatomy.affine
+    inverse = rotation.inv().as_matrix()
+    to_world, origin = affine[:3, :3], affine[:3, 3]
+    matrix = np.linalg.solve(to_world, inverse @ to_world)
+    offset = np.linalg.solve(to_world, inverse @ (origin - shift) - origin)
+    moved_t1 = ndimage.affine_transform(t1, matrix, offset, order=1)
+    moved_mask = ndimage.affine_transform(mask, matrix, offset, order=0)
+    if not moved_mask.any():  # a one-voxel lesion fell between output voxels
+        voxel = np.argwhere(mask)[0]
+        target = np.linalg.solve(matrix, voxel - offset)
+        target = np.clip(np.rint(target).astype(int), 0, np.array(mask.shape) - 1)
+        moved_mask[tuple(target)] = 1
+    motion = {
+        "shift_mm": [round(float(value), 2) for value in shift],
+        "rotation_degrees": round(float(angle), 2),
+        "rotation_axis": [round(float(v), 3) for v in axis / np.linalg.norm(axis)],
+    }
+    return np.rint(np.maximum(moved_t1, 0)), moved_mask, motion

@@ -1,14 +1,14 @@
 """A whole sample: who the subjects are, and the atomic, resumable build.
 
 :func:`plan_subjects` spreads subjects over cohorts of unequal sizes and splits
-them into train and test; :func:`build_sample` generates them (in worker
-processes for full-size volumes) and writes the splits in the ATLAS R2.0 layout.
+them into train and test; :func:`plan_generalizability` adds subjects of unseen
+cohorts; :func:`build_sample` generates them all (in worker processes for
+full-size volumes) and writes the splits in the ATLAS R2.0 layout.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -29,11 +29,19 @@ from .files import (
     write_split_description,
     write_subject,
 )
+from .generalizability import (
+    N_GENERALIZABILITY,
+    UNSEEN_VARIATION,
+    make_unseen_cohort_profiles,
+    n_unseen_cohorts,
+)
 from .scanners import make_cohort_profiles
-from .streams import LAYOUT_STREAM, subject_seed
+from .streams import LAYOUT_STREAM, UNSEEN_LAYOUT_STREAM, subject_seed
 from .subject import make_subject
+from .workers import default_jobs
 
-SPLITS = ("train", "test")
+#: The splits a sample holds (``generalizability`` only when it has subjects).
+SPLITS = ("train", "test", "generalizability")
 COMPLETION_MARKER = ".complete"
 
 
@@ -117,62 +125,55 @@ def plan_subjects(
     ]
 
 
+def plan_generalizability(
+    n_subjects: int, first_cohort: int, seed: int = 0
+) -> list[SubjectRecord]:
+    """Subjects of the generalizability split, from cohorts of their own.
+
+    Parameters
+    ----------
+    n_subjects : int
+        Number of subjects (0 for none).
+    first_cohort : int
+        Number of the first unseen cohort: one more than the train/test
+        cohorts, so that no cohort is shared.
+    seed : int
+        Sample seed (the split has its own streams).
+
+    Returns
+    -------
+    list of SubjectRecord
+        Split ``generalizability``; ``index`` numbers them from 0 (their own
+        seeds: :func:`~atlas_ramp.synthetic.subject_seed` with
+        ``generalizability=True``).
+    """
+    if n_subjects < 0:
+        raise ValueError(f"Need n_generalizability >= 0, got {n_subjects}.")
+    if n_subjects == 0:
+        return []
+    n_cohorts = n_unseen_cohorts(n_subjects)
+    if first_cohort + n_cohorts - 1 > 999:
+        raise ValueError("ATLAS names allow at most 999 cohorts.")
+    rng = np.random.default_rng([int(seed), UNSEEN_LAYOUT_STREAM])
+    ids = _subject_ids(_cohort_sizes(n_subjects, n_cohorts, rng), first_cohort)
+    return [
+        SubjectRecord(subject_id, cohort_of(subject_id), index, "generalizability")
+        for index, subject_id in enumerate(ids)
+    ]
+
+
 def _generate_one(task) -> dict:
     """Generate and write one subject; returns its participants.tsv row."""
     record, profile, seed, downsample, split_dir = task
+    unseen = record.split == "generalizability"
     subject = make_subject(
-        subject_seed(seed, record.index), profile, load_anatomy(downsample)
+        subject_seed(seed, record.index, generalizability=unseen),
+        profile,
+        load_anatomy(downsample),
+        variation=UNSEEN_VARIATION if unseen else None,
     )
     write_subject(split_dir, record.subject_id, subject)
     return participant_row(record.subject_id, record.cohort, subject)
-
-
-def available_cpus() -> int:
-    """CPU cores this process may use, portably.
-
-    ``os.process_cpu_count`` (Python 3.13+) and ``os.sched_getaffinity``
-    (Linux) count the cores the process is allowed to run on (a container's or
-    ``taskset``'s share); ``os.cpu_count`` (macOS, Windows) counts the
-    machine's.
-    """
-    if hasattr(os, "process_cpu_count"):
-        return os.process_cpu_count() or 1
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
-#: Memory one worker process may need at 1 mm (bytes): its own copy of the
-#: template anatomy (where processes are spawned, as on macOS and Windows) and
-#: one subject's working arrays. Measured at about 1.04 GB peak.
-WORKER_MEMORY_1MM = 1.2e9
-
-
-def physical_memory() -> int | None:
-    """The machine's memory in bytes, or None where the system does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):  # no os.sysconf on Windows
-        return None
-
-
-def default_jobs(n_subjects: int, downsample: int) -> int:
-    """Worker processes :func:`build_sample` uses when ``n_jobs`` is not given.
-
-    For full-size volumes (1 and 2 mm), one per usable core
-    (:func:`available_cpus`), at most one per subject, and no more than half
-    of the machine's memory holds (:data:`WORKER_MEMORY_1MM` each at 1 mm).
-    A single process for a few subjects or coarse grids, where starting
-    workers costs more than it saves.
-    """
-    if n_subjects < 8 or downsample > 2:
-        return 1
-    jobs = min(available_cpus(), n_subjects)
-    memory = physical_memory()
-    if memory:
-        per_worker = WORKER_MEMORY_1MM / downsample**3
-        jobs = min(jobs, int(memory / 2 // per_worker))
-    return max(1, jobs)
 
 
 def _read_marker(output_dir: Path) -> dict | None:
@@ -182,11 +183,19 @@ def _read_marker(output_dir: Path) -> dict | None:
         return None
 
 
-def _count_images(split_dir: Path) -> int:
+def _count_files(split_dir: Path, suffix: str) -> int:
     return sum(
         1
-        for path in split_dir.glob("R*/sub-*/ses-*/anat/*_T1w.nii.gz")
+        for path in split_dir.glob(f"R*/sub-*/ses-*/anat/*{suffix}")
         if not path.name.startswith(".")
+    )
+
+
+def _is_complete(split_dir: Path, n_subjects: int) -> bool:
+    """Whether a split has every subject's image and mask."""
+    return all(
+        _count_files(split_dir, suffix) == n_subjects
+        for suffix in ("_T1w.nii.gz", "_mask.nii.gz")
     )
 
 
@@ -251,8 +260,9 @@ def build_sample(
     force: bool = False,
     progress: bool = True,
     n_jobs: int | None = None,
+    n_generalizability: int = N_GENERALIZABILITY,
 ) -> Path:
-    """Build the synthetic ATLAS-like sample in ``output_dir/train`` and ``/test``.
+    """Build the synthetic ATLAS-like sample in ``output_dir/train``, ``/test``...
 
     Layout and names are those of ATLAS R2.0::
 
@@ -261,7 +271,11 @@ def build_sample(
             sub-r001s001_ses-1_space-MNI152NLin2009aSym_label-L_desc-T1lesion_mask.nii.gz
 
     plus ``dataset_description.json`` and ``participants.tsv`` in each split.
-    ``test`` is a cohort-stratified hold-out of exactly ``n_test`` subjects.
+    ``test`` is a cohort-stratified hold-out of exactly ``n_test`` subjects;
+    ``generalizability`` (labelled, same layout) holds subjects of cohorts
+    that appear in neither, scanned and varying outside the training ranges
+    (:mod:`~atlas_ramp.synthetic.generalizability`). Train and test do not
+    depend on it.
 
     The build is safe to interrupt: the splits are generated in a hidden
     temporary folder (``.sample.partial-*``) and renamed into place only when
@@ -290,6 +304,8 @@ def build_sample(
     n_jobs : int, optional
         Worker processes; by default :func:`default_jobs` (one per usable core
         for full-size volumes, as memory allows). Results do not depend on it.
+    n_generalizability : int
+        Subjects of the generalizability split (16 by default; 0 for none).
 
     Returns
     -------
@@ -316,19 +332,30 @@ def build_sample(
         "n_cohorts": int(n_cohorts),
         "seed": int(seed),
         "downsample": downsample,
+        "n_generalizability": int(n_generalizability),
     }
-    records = plan_subjects(n_train, n_test, n_cohorts, seed)  # checks the counts
+    # These check the counts.
+    records = plan_subjects(n_train, n_test, n_cohorts, seed)
+    records += plan_generalizability(n_generalizability, n_cohorts + 1, seed)
     described = (
-        f"{n_train} train + {n_test} test subjects, {n_cohorts} cohorts, "
-        f"seed {seed}, {downsample} mm"
+        f"{n_train} train + {n_test} test subjects, {n_cohorts} cohorts; "
+        f"{n_generalizability} generalizability subjects; seed {seed}, "
+        f"{downsample} mm"
     )
-    expected_counts = {"train": n_train, "test": n_test}
+    expected_counts = {
+        "train": n_train,
+        "test": n_test,
+        "generalizability": n_generalizability,
+    }
+    # Train and test are always written (test may be empty), generalizability
+    # only when it has subjects.
+    splits = [s for s in SPLITS if s != "generalizability" or n_generalizability]
 
     marker = _read_marker(output_dir)
     ours = isinstance(marker, dict) and marker.get("generator") == GENERATOR_NAME
     if ours and marker == parameters and not force:
         counts_ok = all(
-            _count_images(output_dir / split) == count
+            _is_complete(output_dir / split, count)
             for split, count in expected_counts.items()
         )
         if counts_ok:
@@ -352,10 +379,13 @@ def build_sample(
     output_dir.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(output_dir)
     profiles = {p.name: p for p in make_cohort_profiles(n_cohorts, seed)}
+    n_unseen = n_unseen_cohorts(n_generalizability) if n_generalizability else 0
+    unseen = make_unseen_cohort_profiles(n_unseen, seed, first_number=n_cohorts + 1)
+    profiles.update({p.name: p for p in unseen})
     partial = Path(tempfile.mkdtemp(prefix=".sample.partial-", dir=output_dir))
     trash = output_dir / f".sample.old-{partial.name.rsplit('-', 1)[-1]}"
     try:
-        for split in SPLITS:
+        for split in splits:
             (partial / split).mkdir()
         tasks = [
             (record, profiles[record.cohort], seed, downsample, partial / record.split)
@@ -363,7 +393,7 @@ def build_sample(
         ]
         n_jobs = default_jobs(len(tasks), downsample) if n_jobs is None else n_jobs
         rows = _generate(tasks, n_jobs, downsample, progress)
-        for split in SPLITS:
+        for split in splits:
             write_split_description(partial / split, split, parameters)
             write_participants(
                 partial / split,

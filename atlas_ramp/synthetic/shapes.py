@@ -62,10 +62,3 @@ def rim_width(anatomy: Anatomy, rim_mm: float) -> float:
     """Width (mm) of a partial-volume border on this grid."""
     # A coarse voxel averages over its width: the transition is at least that.
     return float(np.hypot(rim_mm, 0.6 * anatomy.downsample))
-
-
-def random_rotation(rng: np.random.Generator, max_degrees: float) -> Rotation:
-    """A rotation about a random axis by up to ``max_degrees``."""
-    axis = rng.standard_normal(3)
-    angle = np.deg2rad(rng.uniform(0, max_degrees))
-    return Rotation.from_rotvec(angle * axis / np.linalg.norm(axis))
