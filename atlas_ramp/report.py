@@ -37,13 +37,17 @@ report.
 
 from __future__ import annotations
 
+import argparse
 import html
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rampwf.utils.importing import import_module_from_source
 
 from ._io import atomic_path, atomic_write_text
+from .bids import DataError
 from .breakdown import (
     SCORE_NAMES,
     SIZE_BINS,
@@ -54,6 +58,8 @@ from .breakdown import (
     score_summary,
     select_worst,
 )
+from .masks import mean_probabilities
+from .predictions import Predictions, load_sparse_probas
 from .scores import atlas_score_types
 
 _LOWER_IS_BETTER = {s.name: s.is_lower_the_better for s in atlas_score_types()}
@@ -280,9 +286,6 @@ def load_bagged_test(submission_dir: Path | str) -> np.ndarray:
     -------
     ndarray of SparseProba, one per test subject
     """
-    from .bids import DataError
-    from .predictions import Predictions, load_sparse_probas
-
     submission_dir = Path(submission_dir)
     folds = sorted(
         (submission_dir / "training_output").glob("fold_*/y_pred_test.npz"),
@@ -307,8 +310,6 @@ def load_bagged_test(submission_dir: Path | str) -> np.ndarray:
 
 def _ramp_blend_predictions(kit: Path, names: list[str]):
     """ramp-blend's combined test predictions, if it saved them for ``names``."""
-    from .predictions import load_sparse_probas
-
     output = kit / "submissions" / "training_output"
     combined = output / "y_pred_combined_bagged_test.npz"
     contributivities = output / "contributivities.csv"
@@ -345,13 +346,6 @@ def report_from_saved(
     Path
         The written ``report.html``.
     """
-    import os
-
-    from rampwf.utils.importing import import_module_from_source
-
-    from .bids import DataError
-    from .masks import mean_probabilities
-
     submission_dirs = [Path(d) for d in submission_dirs]
     kits = {_kit_of(d) for d in submission_dirs}
     if len(kits) != 1:
@@ -425,10 +419,6 @@ def report_from_saved(
 
 def main(argv=None) -> int:
     """``python -m atlas_ramp.report submissions/NAME [submissions/OTHER ...]``."""
-    import argparse
-
-    from .bids import DataError
-
     parser = argparse.ArgumentParser(
         prog="python -m atlas_ramp.report",
         description="Report on the test predictions saved by ramp-test --save-output.",

@@ -91,10 +91,11 @@ def first_subjects(split: Path, n: int, target: Path) -> Path:
     from atlas_ramp.bids import find_subjects
 
     for subject in find_subjects(split)[:n]:
-        anat = subject.t1w_path.parent
-        link = target / anat.relative_to(split)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(anat.resolve(), target_is_directory=True)
+        # Links to the files: discovery does not follow links to folders.
+        for path in (subject.t1w_path, subject.mask_path):
+            link = target / path.relative_to(split)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path.resolve())
     return target
 
 
