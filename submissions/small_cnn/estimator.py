@@ -543,6 +543,8 @@ class SmallUNet:
         Memory that training held per training subject.
     losses_ : list of float
         Mean loss of each epoch.
+    n_parameters_ : int
+        Trainable weights of the network.
     """
 
     def __init__(
@@ -652,6 +654,7 @@ class SmallUNet:
         )
         network = UNet3D(**self._architecture())
         network = network.to(device, memory_format=torch.channels_last_3d)
+        self.n_parameters_ = sum(weight.numel() for weight in network.parameters())
         optimizer = torch.optim.AdamW(network.parameters(), lr=self.learning_rate)
         steps_per_epoch = max(1, self.patches_per_epoch // self.batch_size)
         # Cosine decay of the learning rate: big steps first, fine-tuning last.
