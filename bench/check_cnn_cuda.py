@@ -4,6 +4,7 @@ Run from the repository root, offline::
 
     python bench/check_cnn_cuda.py            # the check (about 2-3 minutes)
     python bench/check_cnn_cuda.py --quick    # a tiny CPU-only dry run
+    python bench/check_cnn_cuda.py --budget gpu  # the wider "gpu" network
 
 It builds its own small synthetic sample at 2 mm (``build_sample(...,
 downsample=2)``: the grid the submission works on) in a temporary folder, then
@@ -51,6 +52,12 @@ def parse_arguments():
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--patches-per-epoch", type=int, default=32)
     parser.add_argument(
+        "--budget",
+        choices=("cpu", "gpu"),
+        default="cpu",
+        help="the submission's other settings (BUDGETS): 'gpu' is wider",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="tiny budget and data: a dry run"
     )
     arguments = parser.parse_args()
@@ -62,11 +69,14 @@ def parse_arguments():
 
 def train(module, device, X, y, arguments):
     """Fit the submission on ``device``; return it, seconds per epoch, peak MiB."""
-    estimator = module.SmallUNet(
+    # The same settings on both devices, but the training length.
+    settings = dict(module.BUDGETS[arguments.budget])
+    settings.update(
         epochs=arguments.epochs,
         patches_per_epoch=arguments.patches_per_epoch,
         device=device,
     )
+    estimator = module.SmallUNet(**settings)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         torch.cuda.synchronize()
@@ -153,7 +163,8 @@ def main():
         print(
             f"budget: {arguments.epochs} epochs x {arguments.patches_per_epoch} "
             f"patches, {len(X)} training subjects, "
-            f"{results['cpu']['estimator'].n_parameters_:,} parameters"
+            f"{results['cpu']['estimator'].n_parameters_:,} parameters "
+            f"({arguments.budget} budget's network)"
         )
         header = ("device", "s/epoch", "s/subject", "dice", "peak MiB")
         print(f"{header[0]:8s}" + "".join(f"{h:>10s}" for h in header[1:]))
