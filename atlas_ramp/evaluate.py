@@ -33,13 +33,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .bids import DataError, read_header
+from .bids import DataError
 from .breakdown import SCORE_NAMES, WorstCase, score_subjects
 from .export import load_trained_model
+from .grids import check_same_grid
 from .report import write_per_subject_csv, write_report
 from .volumes import ImageSequence, load_mask, load_masks
 from .workflow import (
@@ -81,32 +81,6 @@ class Evaluation:
     model: str
     per_subject_csv: Path
     report: Path | None = None
-
-
-def volume_shape(X: ImageSequence) -> tuple:
-    """The grid of a split's volumes (from the headers: no volume is read)."""
-    shape = getattr(X, "volume_shape", None)
-    if shape is None:
-        shape = read_header(X.subjects[0].t1w_path).shape
-    return tuple(int(s) for s in shape)
-
-
-def check_same_grid(X_train: ImageSequence, X: ImageSequence, train_dir, folder):
-    """Raise DataError unless ``X`` is on the grid the model was trained on."""
-    train_shape, shape = volume_shape(X_train), volume_shape(X)
-    same_affine = np.allclose(X_train.affine, X.affine, atol=1e-3)
-    if train_shape != shape or not same_affine:
-        sizes = [
-            "x".join(f"{s:g}" for s in np.linalg.norm(A[:3, :3], axis=0))
-            for A in (X_train.affine, X.affine)
-        ]
-        raise DataError(
-            f"{folder} is on a {shape} grid of {sizes[1]} mm voxels but the "
-            f"training data {train_dir} is on {train_shape} of {sizes[0]} mm "
-            f"(affines {'equal' if same_affine else 'differ'}): the model would "
-            "see images unlike those it learned from. Resample the folder to the "
-            "training grid, or train on data of its grid (--train-data)."
-        )
 
 
 def find_submission(kit: Path, submission: str) -> Path:
@@ -230,7 +204,10 @@ def evaluate(
             "atlas_ramp.export`."
         )
     X_train = ImageSequence.from_folder(train_dir)
-    check_same_grid(X_train, X, train_dir, folder)
+    check_same_grid(
+        (str(train_dir), X_train.volume_shape, X_train.affine),
+        (str(folder), X.volume_shape, X.affine),
+    )
     model, model_source = trained_model(submission_dir, X_train, retrain)
     table, worst = score_subjects(
         _predicted_subjects(model, X, batch_size, progress), n_worst if output else 0
