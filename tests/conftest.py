@@ -33,7 +33,7 @@ def release_tree(tmp_path_factory):
     that every split of the instructor's tests holds every cohort), 3
     unlabelled. Returns the ``ATLAS_2`` folder; tests must not modify it.
     """
-    from atlas_ramp.synthetic import write_atlas_release
+    from atlas_ramp.testing.release import write_atlas_release
 
     root = tmp_path_factory.mktemp("release")
     return write_atlas_release(root, n_subjects=15, n_unlabelled=3)

@@ -682,13 +682,6 @@ def test_write_atlas_release_layout(tmp_path):
         assert relative.parts[2:4] == (subject.subject_id, "ses-1")
 
 
-def test_release_writer_is_still_importable_from_synthetic():
-    # Transitional re-export for code written before atlas_ramp.testing.
-    from atlas_ramp.synthetic import write_atlas_release as old_name
-
-    assert old_name is write_atlas_release
-
-
 def test_montage_png(small_sample, tmp_path, capsys):
     path = render_montage(small_sample / "train", tmp_path / "montage.png", 3)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

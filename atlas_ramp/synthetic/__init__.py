@@ -129,15 +129,3 @@ __all__ = [
     "subject_seed",
     "write_subject",
 ]
-
-
-def __getattr__(name):
-    # Transitional: the release-layout writer, a test and benchmark fixture,
-    # now lives in atlas_ramp.testing.release. Code that still imports it from
-    # here keeps working until it is updated (imported lazily: the testing
-    # module itself imports this package).
-    if name == "write_atlas_release":
-        from ..testing.release import write_atlas_release
-
-        return write_atlas_release
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
