@@ -36,7 +36,7 @@ from .ramp_board_setup import (
     build_server_venv,
     write_database_config,
 )
-from .test_ramp_cli import REPO, make_kit, ramp_command, run
+from .helpers import REPO, make_kit, ramp_command, run
 
 pytestmark = pytest.mark.slow
 

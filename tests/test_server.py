@@ -11,7 +11,7 @@ import pytest
 from atlas_ramp import server
 from atlas_ramp.bids import DataError
 
-from .test_ramp_cli import REPO
+from .helpers import REPO
 
 
 @pytest.mark.parametrize("event", ["atlas_stroke_course", "atlas_stroke_2026_spring"])
