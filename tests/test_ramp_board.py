@@ -30,13 +30,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from .helpers import REPO, make_kit, ramp_command, run
 from .ramp_board_setup import (
     PostgresUnavailable,
     ThrowawayPostgres,
     build_server_venv,
     write_database_config,
 )
-from .helpers import REPO, make_kit, ramp_command, run
 
 pytestmark = pytest.mark.slow
 
