@@ -40,6 +40,7 @@ On a RAMP server (ramp-board; the server's environment only)
 
 Plumbing
     * :mod:`atlas_ramp._io`: safe writing (temporary name, then rename);
+    * :mod:`atlas_ramp.machine`: the CPU cores this process may use (portable);
     * :mod:`atlas_ramp.testing`: fixtures for the tests and benchmarks (encrypted
       archives, release trees), never used by the kit itself.
 """

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import os
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +60,7 @@ from .breakdown import (
 from .masks import mean_probabilities
 from .predictions import Predictions, load_sparse_probas
 from .scores import atlas_score_types
+from .testmode import quick_test_mode
 
 _LOWER_IS_BETTER = {s.name: s.is_lower_the_better for s in atlas_score_types()}
 
@@ -356,16 +356,10 @@ def report_from_saved(
         name: load_bagged_test(d)
         for name, d in zip(names, submission_dirs, strict=True)
     }
-    previous = os.environ.get("RAMP_TEST_MODE")
-    os.environ["RAMP_TEST_MODE"] = "1" if quick_test else "0"
-    try:  # the test subjects exactly as ramp-test loaded them
+    # The test subjects exactly as ramp-test loaded them.
+    with quick_test_mode(quick_test):
         problem = import_module_from_source(str(kit / "problem.py"), "problem")
         X, y = problem.get_test_data(str(kit))
-    finally:
-        if previous is None:
-            os.environ.pop("RAMP_TEST_MODE")
-        else:
-            os.environ["RAMP_TEST_MODE"] = previous
     for name, y_pred in predictions.items():
         if len(y_pred) != len(X):
             hint = "" if quick_test else " If they come from --quick-test, pass it."

@@ -13,8 +13,9 @@ run; any other value is quick mode. ``RAMP_TEST_MODE=1 ramp-blend ...`` blends t
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 #: The variable that ``ramp-test --quick-test`` sets.
 QUICK_TEST_VARIABLE = "RAMP_TEST_MODE"
@@ -38,3 +39,21 @@ def is_quick_test(environ: Mapping[str, str] | None = None) -> bool:
     environ = os.environ if environ is None else environ
     value = environ.get(QUICK_TEST_VARIABLE, "")
     return value.strip().lower() not in _FULL_RUN_VALUES
+
+
+@contextlib.contextmanager
+def quick_test_mode(quick: bool) -> Iterator[None]:
+    """Run a block as ``ramp-test`` would, with or without ``--quick-test``.
+
+    For code that imports ``problem.py`` to load the data exactly as a past
+    ``ramp-test`` run did (the report does); the variable is restored after.
+    """
+    previous = os.environ.get(QUICK_TEST_VARIABLE)
+    os.environ[QUICK_TEST_VARIABLE] = "1" if quick else "0"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(QUICK_TEST_VARIABLE, None)
+        else:
+            os.environ[QUICK_TEST_VARIABLE] = previous

@@ -466,9 +466,9 @@ def test_the_cnn_counts_cores_without_sched_getaffinity(monkeypatch):
     monkeypatch.delattr(os, "sched_getaffinity", raising=False)
     monkeypatch.delattr(os, "process_cpu_count", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 3)
-    assert module.usable_cpu_count() == 3
+    assert module.available_cpus() == 3
     monkeypatch.setattr(os, "cpu_count", lambda: None)
-    assert module.usable_cpu_count() == 1
+    assert module.available_cpus() == 1
     assert module.pick_device("cpu").type == "cpu"
 
 

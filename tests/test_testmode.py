@@ -21,3 +21,16 @@ def test_reads_the_process_environment(monkeypatch):
     assert is_quick_test()
     monkeypatch.delenv("RAMP_TEST_MODE")
     assert not is_quick_test()
+
+
+def test_quick_test_mode_sets_and_restores(monkeypatch):
+    from atlas_ramp.testmode import quick_test_mode
+
+    monkeypatch.setenv("RAMP_TEST_MODE", "0")
+    with quick_test_mode(True):
+        assert is_quick_test()
+    assert not is_quick_test()
+    monkeypatch.delenv("RAMP_TEST_MODE")
+    with quick_test_mode(False):
+        assert not is_quick_test()
+    assert "RAMP_TEST_MODE" not in __import__("os").environ

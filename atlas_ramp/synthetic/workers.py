@@ -9,21 +9,7 @@ from __future__ import annotations
 
 import os
 
-
-def available_cpus() -> int:
-    """CPU cores this process may use, portably.
-
-    ``os.process_cpu_count`` (Python 3.13+) and ``os.sched_getaffinity``
-    (Linux) count the cores the process is allowed to run on (a container's or
-    ``taskset``'s share); ``os.cpu_count`` (macOS, Windows) counts the
-    machine's.
-    """
-    if hasattr(os, "process_cpu_count"):
-        return os.process_cpu_count() or 1
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
+from ..machine import available_cpus
 
 #: Memory one worker process may need at 1 mm (bytes): its own copy of the
 #: template anatomy (where processes are spawned, as on macOS and Windows) and

@@ -69,6 +69,7 @@ from nilearn.image import load_img, resample_img
 from scipy import ndimage
 from torch import nn
 
+from atlas_ramp.machine import available_cpus
 from atlas_ramp.testmode import is_quick_test
 
 # Repeatable CUDA convolutions. (Set here, not in fit: cloudpickle cannot
@@ -259,22 +260,13 @@ def channels_last(tensor):
     return tensor.contiguous(memory_format=torch.channels_last_3d)
 
 
-def available_cpus():
-    """CPU cores this process may use, on Linux, macOS and Windows alike."""
-    if hasattr(os, "process_cpu_count"):  # Python 3.13+
-        return os.process_cpu_count() or 1
-    if hasattr(os, "sched_getaffinity"):  # Linux: honours taskset and containers
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def pick_device(name=None):
     """``name`` ("cuda", "cpu"), or None: CUDA when there is a GPU, else CPU."""
     if name is None:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cpu":
-        torch.set_num_threads(max(1, available_cpus()))
+        torch.set_num_threads(available_cpus())
     return device
 
 
