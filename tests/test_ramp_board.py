@@ -245,12 +245,15 @@ def test_database_scores_equal_ramp_test(server, course, reference):
             value = row[score]
             got = answer["bagged"][f"{step}/{n_bag}"][score]
             assert got == pytest.approx(value, abs=1e-9), (step, n_bag, score)
-    print(
-        "bagged test Dice: database",
-        answer["bagged"]["test/4"]["dice"],
-        "ramp-test",
-        bagged.loc[("test", 4), "dice"],
-    )
+    # Shown with `pytest -s`: the figures compared above.
+    for fold, folder in enumerate(folds):
+        expected = pd.read_csv(folder / "scores.csv", index_col=0)
+        got = answer["folds"][f"{fold}/test"]["dice"]
+        print(f"fold {fold} test Dice: database {got!r}, ramp-test", end=" ")
+        print(repr(float(expected.loc["test", "dice"])))
+    got = answer["bagged"]["test/4"]["dice"]
+    print(f"bagged test Dice: database {got!r}, ramp-test", end=" ")
+    print(repr(float(bagged.loc[("test", 4), "dice"])))
 
 
 def test_broken_submission_is_a_training_error(server, course):
