@@ -76,7 +76,7 @@ def _postgres_bin() -> Path | None:
     return Path(found).parent if found else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -102,7 +102,7 @@ class ThrowawayPostgres:
 
     def __init__(self):
         self.bin = _postgres_bin()
-        self.port = _free_port()
+        self.port = free_port()
         self.sqlalchemy = {
             "drivername": "postgresql",
             "username": PG_USER,
