@@ -53,14 +53,19 @@ def build_server_venv(log=print) -> Path:
     start = time.perf_counter()
     shutil.rmtree(venv, ignore_errors=True)
     venv.parent.mkdir(parents=True, exist_ok=True)
+    requirements = ["install", "--quiet", "-r", "requirements-server.txt", "."]
     try:
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        requirements = str(REPO / "requirements-server.txt")
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "--quiet", "-r", requirements, "."],
-            check=True,
-            cwd=REPO,
-        )
+        made = subprocess.run([sys.executable, "-m", "venv", str(venv)])
+        if made.returncode == 0:
+            pip = [str(python), "-m", "pip"]
+        else:
+            # Debian's python without python3-venv has no ensurepip: make the
+            # environment without pip and install into it with this pip.
+            shutil.rmtree(venv, ignore_errors=True)
+            command = [sys.executable, "-m", "venv", "--without-pip", str(venv)]
+            subprocess.run(command, check=True)
+            pip = [sys.executable, "-m", "pip", "--python", str(python)]
+        subprocess.run([*pip, *requirements], check=True, cwd=REPO)
     except BaseException:
         shutil.rmtree(venv, ignore_errors=True)
         raise
@@ -76,7 +81,7 @@ def _postgres_bin() -> Path | None:
     return Path(found).parent if found else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -102,7 +107,7 @@ class ThrowawayPostgres:
 
     def __init__(self):
         self.bin = _postgres_bin()
-        self.port = _free_port()
+        self.port = free_port()
         self.sqlalchemy = {
             "drivername": "postgresql",
             "username": PG_USER,

@@ -578,7 +578,7 @@ class SmallUNet:
         windows_per_batch=4,
         flip_averaging=True,
         n_calibration_subjects=8,
-        min_lesion_peak=0.0,
+        min_lesion_peak=0.9,
         seed=0,
         device=None,
     ):
