@@ -67,29 +67,20 @@ _LOWER_IS_BETTER = {s.name: s.is_lower_the_better for s in atlas_score_types()}
 # ------------------------------------------------------------------ the report
 
 
-def _formatted_scores(summary: pd.DataFrame) -> pd.DataFrame:
-    shown = pd.DataFrame(index=summary.index)
-    shown["subjects"] = summary["subjects"]
+def _formatted(table: pd.DataFrame) -> pd.DataFrame:
+    """Scores as text: mean ± sd (just the mean for one subject), and the median
+    where the table has one (the score table does, the cohort table does not)."""
+    shown = pd.DataFrame(index=table.index)
+    shown["subjects"] = table["subjects"]
     for score in SCORE_NAMES:
         arrow = "↓" if _LOWER_IS_BETTER[score] else "↑"
-        mean, sd = summary[f"{score}_mean"], summary[f"{score}_sd"]
-        shown[f"{score} {arrow} mean ± sd"] = [
-            f"{m:.3f} ± {s:.3f}" for m, s in zip(mean, sd.fillna(0), strict=True)
-        ]
-        shown[f"{score} median"] = summary[f"{score}_median"].map("{:.3f}".format)
-    return shown
-
-
-def _formatted_cohorts(cohorts: pd.DataFrame) -> pd.DataFrame:
-    shown = pd.DataFrame(index=cohorts.index)
-    shown["subjects"] = cohorts["subjects"]
-    for score in SCORE_NAMES:
-        arrow = "↓" if _LOWER_IS_BETTER[score] else "↑"
-        mean, sd = cohorts[f"{score}_mean"], cohorts[f"{score}_sd"]
+        mean, sd = table[f"{score}_mean"], table[f"{score}_sd"]
         shown[f"{score} {arrow} mean ± sd"] = [
             f"{m:.3f}" if np.isnan(s) else f"{m:.3f} ± {s:.3f}"
             for m, s in zip(mean, sd, strict=True)
         ]
+        if f"{score}_median" in table:
+            shown[f"{score} median"] = table[f"{score}_median"].map("{:.3f}".format)
     return shown
 
 
@@ -221,7 +212,7 @@ def write_report(
         f"<h1>{html.escape(title)}</h1>",
         *(f"<p>{html.escape(line)}</p>" for line in notes),
         "<h2>Scores</h2>",
-        _table_html(_formatted_scores(summary)),
+        _table_html(_formatted(summary)),
         f'<p class="note">Per subject, then mean ± standard deviation (ddof = 1) '
         f"and median over the {len(first)} subjects; the means are the challenge "
         "scores. ↑ higher is better, ↓ lower is better. Predictions are "
@@ -242,7 +233,7 @@ def write_report(
         "volumes are where Dice is least forgiving.</p>",
         "<h2>Scores per cohort</h2>",
         image("cohorts", "Mean Dice per cohort"),
-        _table_html(_formatted_cohorts(cohorts)),
+        _table_html(_formatted(cohorts)),
     ]
     if "worst" in made:
         parts += [
