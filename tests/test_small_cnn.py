@@ -300,13 +300,6 @@ def test_weaken_unsure_lesions_halves_faint_blobs_only():
     np.testing.assert_array_equal(unchanged, probability)
 
 
-def test_volume_shape_accepts_both_contracts():
-    module = estimator_module()
-    assert module.volume_shape(SimpleNamespace(shape=(4, 5, 6))) == (4, 5, 6)
-    new_style = SimpleNamespace(shape=(2, 4, 5, 6), volume_shape=(4, 5, 6))
-    assert module.volume_shape(new_style) == (4, 5, 6)
-
-
 def test_available_cpus_is_a_positive_count():
     assert estimator_module().available_cpus() >= 1
 

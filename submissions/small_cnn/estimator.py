@@ -181,16 +181,6 @@ class UNet3D(nn.Module):
 # =============================================================================
 # Images: shapes, normalization, resampling, padding
 # =============================================================================
-def volume_shape(X):
-    """The grid of the volumes of ``X``.
-
-    The kit's ``X.shape`` is moving from the volume shape to
-    ``(n_subjects, *volume_shape)`` with a separate ``X.volume_shape``; this
-    accepts both.
-    """
-    return tuple(X.volume_shape if hasattr(X, "volume_shape") else X.shape)
-
-
 def downsample(volume, factor):
     """Average blocks of ``factor`` voxels per axis (a smaller block at odd edges)."""
     volume = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
@@ -676,7 +666,7 @@ class SmallUNet:
         device = pick_device(self.device)
         start = time.perf_counter()
         self.factor_ = working_factor(X.voxel_volume_ml, self.working_voxel_mm)
-        self.data_shape_ = volume_shape(X)
+        self.data_shape_ = tuple(X.volume_shape)
         self.template_ = (
             template_on_grid(X.affine, self.data_shape_, self.factor_)
             if self.template_channel
@@ -806,7 +796,7 @@ class SmallUNet:
 
         Shifted so that 0.5 is the decision threshold tuned in :meth:`fit`.
         """
-        shape = volume_shape(X)
+        shape = tuple(X.volume_shape)
         if shape != self.data_shape_:
             raise ValueError(
                 f"small_cnn was trained on volumes of shape {self.data_shape_} "
