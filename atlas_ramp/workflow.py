@@ -25,6 +25,7 @@ own code wrapped it in another exception.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -56,6 +57,26 @@ def _data_error_in(error: BaseException) -> DataError | None:
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
+
+
+@contextlib.contextmanager
+def blame(where: str):
+    """Turn what a submission's code raises into the right kind of error.
+
+    A :class:`~atlas_ramp.bids.DataError` (a bad input file), raised directly or
+    wrapped by the submission in an exception of its own, is the data's fault and
+    passes through as it is; anything else becomes a :class:`SubmissionError`
+    that starts with ``where`` (the submission, the method, the subjects).
+    """
+    try:
+        yield
+    except (SubmissionError, DataError):
+        raise
+    except Exception as error:
+        data_error = _data_error_in(error)
+        if data_error is not None:
+            raise data_error from error
+        raise SubmissionError(f"{where}: {type(error).__name__}: {error}") from error
 
 
 class TrainedSubmission:
@@ -166,18 +187,11 @@ def predict_sparse(
     results = []
     for start in range(0, len(X), batch_size):
         X_batch = X[start : start + batch_size]
-        try:
+        with blame(
+            f"Submission '{submission.name}': {method} failed on subjects "
+            f"{', '.join(X_batch.subject_ids)}"
+        ):
             output = predict(X_batch)
-        except (SubmissionError, DataError):
-            raise
-        except Exception as error:
-            data_error = _data_error_in(error)
-            if data_error is not None:
-                raise data_error from error
-            raise SubmissionError(
-                f"Submission '{submission.name}': {method} failed on subjects "
-                f"{', '.join(X_batch.subject_ids)}: {type(error).__name__}: {error}"
-            ) from error
         output = check_batch_output(output, X_batch, submission.name, method)
         results.extend(SparseProba.from_dense(volume, voxel_ml) for volume in output)
         del output
@@ -236,18 +250,11 @@ class LesionSegmentation:
         estimator = module.get_estimator()
         X_train = X[train_is]
         y_train = MaskSequence(np.asarray(y, dtype=object)[train_is])
-        try:
+        with blame(
+            f"Submission '{name}': fit failed on {len(X_train)} subjects "
+            f"({''.join(X_train.subject_ids[:1])} ...)"
+        ):
             estimator.fit(X_train, y_train)
-        except DataError:
-            raise  # a bad input file: the data's fault, not the submission's
-        except Exception as error:
-            data_error = _data_error_in(error)
-            if data_error is not None:
-                raise data_error from error
-            raise SubmissionError(
-                f"Submission '{name}': fit failed on {len(X_train)} subjects "
-                f"({X_train.subject_ids[0]} ...): {type(error).__name__}: {error}"
-            ) from error
         return TrainedSubmission(name, estimator, X.volume_shape, X.affine)
 
     def test_submission(self, trained_model, X, fold=None):
