@@ -69,8 +69,8 @@ hypointensities for lesions: the 0.70 targets are far. The full ``ramp-test``
 (shared machine, loads 3 to 10) had run 4 of its 5 folds at the deadline:
 validation Dice 0.653, 0.472, 0.672, 0.766 (mean 0.641; the previous version's
 5-fold mean was 0.683), test Dice of each fold model 0.685, 0.629, 0.645,
-0.675, lesion F1 0.78-0.81 (bagged figures not reached). So in-distribution,
-the augmentation costs a few points of Dice for slightly better lesion F1.
+0.675, lesion F1 0.78-0.81 (bagged figures not reached). In distribution,
+this version is a few points of Dice below the previous one.
 ``ramp-test --quick-test``: bagged test Dice 0.262, lesion F1 0.278 (242 s of
 CPU time; wall time not measured on an idle machine). Training memory: 0.48 MB
 more peak RSS per subject (``bench/bench_cnn_memory.py``; 9.51 MB before).
