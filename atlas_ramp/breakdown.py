@@ -28,13 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .masks import SparseMask
-from .scores import (
-    atlas_score_types,
-    dice,
-    lesion_count_difference,
-    lesion_f1,
-    volume_difference_ml,
-)
+from .scores import atlas_score_types, lesion_matches
 
 #: Size bins of lesions, with their upper edges in mL (the last is open).
 SIZE_BINS = ("tiny", "small", "medium", "large")
@@ -46,8 +40,8 @@ SIZE_LABELS = {
     "large": "large ≥ 10 mL",
 }
 #: The per-subject score columns, Dice first (it ranks the leaderboard).
-SCORE_NAMES = tuple(score.name for score in atlas_score_types())
-_SCORE_FUNCTIONS = (dice, lesion_f1, volume_difference_ml, lesion_count_difference)
+_SCORES = {score.name: score.subject_score for score in atlas_score_types()}
+SCORE_NAMES = tuple(_SCORES)
 
 
 def size_bin(volumes_ml) -> np.ndarray:
@@ -72,15 +66,7 @@ def detection_by_size(truth: SparseMask, predicted: SparseMask) -> dict:
         prediction); ``predicted_lesions``; ``false_lesions`` (predicted lesions
         sharing no voxel with the truth).
     """
-    n_true, true_labels = truth.lesion_labels()
-    n_predicted, predicted_labels = predicted.lesion_labels()
-    _, in_truth, in_prediction = np.intersect1d(
-        truth.indices, predicted.indices, assume_unique=True, return_indices=True
-    )
-    found = np.zeros(n_true, dtype=bool)
-    found[true_labels[in_truth]] = True
-    real = np.zeros(n_predicted, dtype=bool)
-    real[predicted_labels[in_prediction]] = True
+    found, real = lesion_matches(truth, predicted)
     true_bins = size_bin(lesion_volumes_ml(truth))
     predicted_bins = size_bin(lesion_volumes_ml(predicted))
     n_bins = len(SIZE_BINS)
@@ -95,7 +81,7 @@ def detection_by_size(truth: SparseMask, predicted: SparseMask) -> dict:
 def subject_row(subject_id, cohort, truth: SparseMask, predicted: SparseMask) -> dict:
     """One row of the per-subject table: scores, volumes and lesion counts."""
     row = {"subject": subject_id, "cohort": cohort}
-    for name, function in zip(SCORE_NAMES, _SCORE_FUNCTIONS, strict=True):
+    for name, function in _SCORES.items():
         row[name] = function(truth, predicted)
     row.update(
         true_volume_ml=truth.volume_ml,
@@ -156,7 +142,8 @@ def score_subjects(subjects, n_worst: int = 0):
             if len(heap) > n_worst:
                 heapq.heappop(heap)
     worst = sorted(
-        ((-p, s, c, t, m, -d) for d, p, s, c, t, m in heap), key=lambda w: w[-1]
+        ((-p, s, c, t, m, -d) for d, p, s, c, t, m in heap),
+        key=lambda w: (w[-1], w[0]),  # lowest Dice first; ties in subject order
     )
     return pd.DataFrame(rows), worst
 

@@ -90,7 +90,7 @@ def _save_figure(figure, path: Path) -> str:
     return path.name
 
 
-def _figures(output: Path, tables: dict, cases, affine) -> dict:
+def _figures(output: Path, tables: dict, detection, cohorts, cases, affine) -> dict:
     from matplotlib.figure import Figure  # no pyplot: no GUI backend needed
 
     from . import figures
@@ -99,9 +99,7 @@ def _figures(output: Path, tables: dict, cases, affine) -> dict:
     made = {}
     width = max(9.0, 3.0 + 1.6 * len(names) * len(SIZE_BINS) / 2)
     figure = Figure(figsize=(width, 4.2), layout="constrained")
-    figures.plot_detection_by_size(
-        figure.subplots(1, 2), detection_table(tables), names
-    )
+    figures.plot_detection_by_size(figure.subplots(1, 2), detection, names)
     figure.suptitle("Detection by lesion size (3D components, face connectivity)")
     made["detection"] = _save_figure(figure, output / "detection_by_size.png")
 
@@ -109,7 +107,6 @@ def _figures(output: Path, tables: dict, cases, affine) -> dict:
     figures.plot_dice_vs_volume(figure.subplots(), tables)
     made["dice_volume"] = _save_figure(figure, output / "dice_vs_volume.png")
 
-    cohorts = cohort_table(tables)
     n_cohorts = len(set(cohorts.index.get_level_values("cohort")))
     figure = Figure(
         figsize=(max(7.0, 1.0 + 0.9 * n_cohorts), 4.2), layout="constrained"
@@ -202,7 +199,7 @@ def write_report(
     for name, frame in csv_files.items():
         if frame is not None:
             atomic_write_text(output / name, frame.to_csv())
-    made = _figures(output, tables, cases, affine)
+    made = _figures(output, tables, detection, cohorts, cases, affine)
 
     def image(key, alt):
         return f'<p><img src="{made[key]}" alt="{html.escape(alt)}"></p>'
@@ -259,9 +256,9 @@ def write_report(
 def _kit_of(submission_dir: Path) -> Path:
     kit = submission_dir.resolve().parent.parent
     if not (kit / "problem.py").is_file():
-        raise SystemExit(
-            f"report: error: {submission_dir} is not inside a kit's submissions/ "
-            f"folder (no problem.py in {kit}). Pass submissions/<name> from the kit."
+        raise DataError(
+            f"{submission_dir} is not inside a kit's submissions/ folder (no "
+            f"problem.py in {kit}). Pass submissions/<name> from the kit."
         )
     return kit
 

@@ -41,6 +41,31 @@ def dice(true: SparseMask, pred: SparseMask) -> float:
     return 2.0 * overlap / total
 
 
+def lesion_matches(true: SparseMask, pred: SparseMask) -> tuple[np.ndarray, np.ndarray]:
+    """Which lesions of each mask share at least one voxel with the other mask.
+
+    Lesions are 3D connected components (face connectivity), in the order of
+    :meth:`SparseMask.lesion_labels`.
+
+    Returns
+    -------
+    found : ndarray of bool, one per true lesion
+        True where a predicted lesion touches it.
+    real : ndarray of bool, one per predicted lesion
+        True where it touches a true lesion.
+    """
+    n_true, true_labels = true.lesion_labels()
+    n_pred, pred_labels = pred.lesion_labels()
+    _, in_true, in_pred = np.intersect1d(
+        true.indices, pred.indices, assume_unique=True, return_indices=True
+    )
+    found = np.zeros(n_true, dtype=bool)
+    found[true_labels[in_true]] = True
+    real = np.zeros(n_pred, dtype=bool)
+    real[pred_labels[in_pred]] = True
+    return found, real
+
+
 def lesion_detection_counts(true: SparseMask, pred: SparseMask) -> tuple[int, int, int]:
     """True positive, false positive and false negative lesion counts.
 
@@ -53,14 +78,8 @@ def lesion_detection_counts(true: SparseMask, pred: SparseMask) -> tuple[int, in
     fn : int
         True lesions touched by no predicted lesion.
     """
-    n_true, true_labels = true.lesion_labels()
-    n_pred, pred_labels = pred.lesion_labels()
-    _, in_true, in_pred = np.intersect1d(
-        true.indices, pred.indices, assume_unique=True, return_indices=True
-    )
-    detected = np.unique(true_labels[in_true]).size
-    matched_predictions = np.unique(pred_labels[in_pred]).size
-    return detected, n_pred - matched_predictions, n_true - detected
+    found, real = lesion_matches(true, pred)
+    return int(found.sum()), int((~real).sum()), int((~found).sum())
 
 
 def lesion_f1(true: SparseMask, pred: SparseMask) -> float:
