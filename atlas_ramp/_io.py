@@ -64,12 +64,34 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     )
     os.close(handle)
     temporary = Path(temporary)
+    # mkstemp makes the file private (0600) and the rename keeps that: give it
+    # the mode any new file gets here, so that a course server's other users
+    # (the RAMP worker, students on a shared disk) can read what the kit wrote.
+    os.chmod(temporary, 0o666 & ~_umask())
     try:
         yield temporary
         os.replace(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    umask = os.umask(0)  # the only portable way to read it is to set it
+    os.umask(umask)
+    return umask
+
+
+def staging_folder(parent: Path | str, prefix: str) -> Path:
+    """A new, uniquely named folder in ``parent``, to build a tree before renaming it.
+
+    Like :func:`tempfile.mkdtemp`, but with the mode of an ordinary new folder
+    (mkdtemp's is 0700, private), since the folder or its content becomes the
+    final tree.
+    """
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(folder, 0o777 & ~_umask())
+    return folder
 
 
 def atomic_write_bytes(target: Path | str, data: bytes) -> Path:

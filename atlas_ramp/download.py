@@ -98,13 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.atlas:
-            from .archive import install_atlas, resolve_password
+            from .archive import install_atlas
 
             install_atlas(
                 output_dir=args.output,
                 archive=args.archive,
                 url=args.url,
-                password=resolve_password(args.password_file),
+                password_file=args.password_file,
                 skip_checksum=args.skip_checksum,
                 test_fraction=args.test_fraction,
                 seed=args.seed,

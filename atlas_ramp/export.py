@@ -27,14 +27,13 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import cloudpickle
 import nibabel as nib
 import numpy as np
 
-from ._io import atomic_path, object_array, write_dataset_description
+from ._io import atomic_path, object_array, staging_folder, write_dataset_description
 from .bids import DataError, mask_name, parse_entities, read_header
 from .masks import SparseMask
 from .scores import atlas_score_types
@@ -105,9 +104,7 @@ def export_predictions(
             f"{output_dir} already exists; choose another --output or pass --force."
         )
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent)
-    )
+    staging = staging_folder(output_dir.parent, f".{output_dir.name}.partial-")
     try:
         write_dataset_description(
             staging,

@@ -57,11 +57,10 @@ import itertools
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._io import swap_into_place, write_tsv
+from ._io import staging_folder, swap_into_place, write_tsv
 from .atlas_release import write_split_description, write_split_manifest
 from .bids import DataError, Subject, anat_dir, find_subjects
 from .splits import stratified_holdout
@@ -357,7 +356,7 @@ def build_course_data(
         for folder in (private, public):
             folder.parent.mkdir(parents=True, exist_ok=True)
             prefix = f".{folder.name}.course-"
-            stages.append(Path(tempfile.mkdtemp(prefix=prefix, dir=folder.parent)))
+            stages.append(staging_folder(folder.parent, prefix))
         new_private, new_public = (stage / "new" for stage in stages)
         manifest = _place_files(subjects, split, new_private, new_public, link)
         write_tsv(new_private / INSTRUCTOR_MANIFEST, INSTRUCTOR_COLUMNS, manifest)

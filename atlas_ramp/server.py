@@ -46,15 +46,14 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
+from ._io import staging_folder
 from .bids import DataError, find_subjects
 
 PROBLEM_NAME = "atlas_stroke"
 NOTEBOOK = f"{PROBLEM_NAME}_starting_kit.ipynb"
-MAX_NAME_LENGTH = 20  # ramp-database's String(20) for users, teams, submissions
 MIN_SECONDS_BETWEEN_SUBMISSIONS = 900
 KIT_FILES = ("problem.py", "download_data.py", "requirements.txt", "pyproject.toml")
 KIT_FOLDERS = ("atlas_ramp", "submissions")
@@ -188,7 +187,7 @@ def read_database_config(config: Path | str) -> dict:
 
 def build_kit(destination: Path, repo: Path = REPO) -> None:
     """Write the served kit folder (no data) at ``destination``, via a rename."""
-    stage = Path(tempfile.mkdtemp(prefix=".kit-", dir=destination.parent))
+    stage = staging_folder(destination.parent, ".kit-")
     try:
         kit = stage / destination.name
         kit.mkdir()
@@ -225,10 +224,13 @@ def build_data(
     seed: int = 0,
     downsample: int = 1,
     n_cohorts: int = 3,
-) -> None:
-    """Write ``ramp-data/<problem>/data`` (train and test), via a rename."""
+) -> dict[str, int]:
+    """Write ``ramp-data/<problem>/data`` (train and test), via a rename.
+
+    Returns the labelled subjects of each split (:func:`check_course_data`).
+    """
     destination.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".data-", dir=destination.parent))
+    stage = staging_folder(destination.parent, ".data-")
     try:
         data = stage / "data"
         if synthetic is not None:
@@ -247,10 +249,11 @@ def build_data(
         else:
             for split in ("train", "test"):
                 _place_tree(private_data / split, data / split)
-        check_course_data(data)
+        counts = check_course_data(data)
         os.rename(data, destination)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+    return counts
 
 
 def event_config_text(
@@ -401,8 +404,9 @@ def deploy(
         build_kit(kit_dir)
         log(f"Kit (no data) in {kit_dir}")
     if not data_dir.exists():
-        build_data(data_dir, private_data, synthetic, seed, downsample, n_cohorts)
-        counts = check_course_data(data_dir)
+        counts = build_data(
+            data_dir, private_data, synthetic, seed, downsample, n_cohorts
+        )
         log(f"Data in {data_dir}: {counts['train']} train, {counts['test']} test")
     if event_config.exists():
         log(f"Keeping the existing event configuration {event_config}")

@@ -68,3 +68,22 @@ def test_swap_into_place_moves_nothing_when_refused_then_swaps(tmp_path):
 def test_object_array_never_broadcasts():
     items = object_array([np.zeros(3), np.ones(3)])
     assert items.shape == (2,) and items.dtype == object
+
+
+def test_written_files_and_staging_folders_get_the_usual_mode(tmp_path):
+    # mkstemp/mkdtemp make private entries; a course server's other users
+    # (the RAMP worker) must be able to read what the kit wrote.
+    import os
+    import stat
+
+    from atlas_ramp._io import staging_folder
+
+    umask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "a.txt", "x")
+        folder = staging_folder(tmp_path, ".stage-")
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert folder.parent == tmp_path and folder.name.startswith(".stage-")

@@ -31,14 +31,13 @@ import errno
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from .._io import swap_into_place
+from .._io import staging_folder, swap_into_place
 from ..atlas_release import ATLAS_ARCHIVE_NAME, ATLAS_SHA256, ATLAS_URL
 from ..bids import DataError
 from .download import DOWNLOAD_RETRIES, ResumableDownload, human_size
@@ -219,6 +218,7 @@ def install_atlas(
     progress: bool = True,
     keep_download: bool = False,
     retries: int = DOWNLOAD_RETRIES,
+    password_file: Path | str | None = None,
 ) -> Path:
     """Install the encrypted ATLAS R2.0 archive as ``train``, ``test``, ``unlabelled``.
 
@@ -262,6 +262,9 @@ def install_atlas(
         (deleted by default, once installed).
     retries : int
         Reconnections in a row, without progress, before a download gives up.
+    password_file : path, optional
+        Where to read the password when ``password`` is None (else
+        ``$ATLAS_PASSWORD``, else a prompt); asked after the quick checks.
 
     Returns
     -------
@@ -284,8 +287,6 @@ def install_atlas(
     _refuse_to_replace(output, force)
     if not 0 < test_fraction < 1:
         raise DataError(f"--test-fraction must be in (0, 1), got {test_fraction}.")
-    if password is None:
-        password = resolve_password()
     expected = None if skip_checksum else (expected_sha256 or ATLAS_SHA256).lower()
     download = None
     if archive is not None:
@@ -303,9 +304,12 @@ def install_atlas(
         )
         download = ResumableDownload(url, part_path, retries=retries)
         name = source = url
+    # Asked only now: a wrong path or existing data is said before any typing.
+    if password is None:
+        password = resolve_password(password_file)
     output.parent.mkdir(parents=True, exist_ok=True)
     # Everything is built here, on the output's file system, then renamed.
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.atlas-", dir=output.parent))
+    staging = staging_folder(output.parent, f".{output.name}.atlas-")
     try:
         if download is None:
             size = archive.stat().st_size

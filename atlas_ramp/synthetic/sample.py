@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from .._io import atomic_write_bytes, swap_into_place, write_json
+from .._io import atomic_write_bytes, staging_folder, swap_into_place, write_json
 from ..bids import DataError, cohort_of, subject_label
 from ..splits import stratified_holdout
 from .anatomy import check_downsample, load_anatomy
@@ -382,7 +381,7 @@ def build_sample(
     n_unseen = n_unseen_cohorts(n_generalizability) if n_generalizability else 0
     unseen = make_unseen_cohort_profiles(n_unseen, seed, first_number=n_cohorts + 1)
     profiles.update({p.name: p for p in unseen})
-    partial = Path(tempfile.mkdtemp(prefix=".sample.partial-", dir=output_dir))
+    partial = staging_folder(output_dir, ".sample.partial-")
     trash = output_dir / f".sample.old-{partial.name.rsplit('-', 1)[-1]}"
     try:
         for split in splits:
