@@ -117,7 +117,11 @@ def parse_entities(path: Path | str) -> dict[str, str]:
     for part in entity_parts:
         match = _ENTITY_RE.fullmatch(part)
         if match is None:
-            raise DataError(f"{path}: '{part}' is not a BIDS entity (key-value).")
+            raise DataError(
+                f"{path}: '{part}' is not a BIDS entity (key-value). Rename the "
+                "file in BIDS form (sub-<label>_ses-<label>_space-<label>_T1w.nii.gz)"
+                " or move it out of the data folder."
+            )
         entities[match["key"]] = match["value"]
     entities["suffix"] = suffix
     return entities
@@ -250,6 +254,9 @@ def find_subjects(root: Path | str) -> list[Subject]:
     for path in sorted(root.rglob("sub-*.nii*")):
         if _is_hidden(path, root) or not path.name.endswith((".nii", ".nii.gz")):
             continue
+        stem = path.name.removesuffix(".gz").removesuffix(".nii")
+        if stem.rsplit("_", 1)[-1] not in (T1W_SUFFIX, MASK_SUFFIX):
+            continue  # not a T1w nor a mask (FSL's *_T1w_brain, a FLAIR...): not ours
         entities = parse_entities(path)
         if entities["suffix"] == T1W_SUFFIX:
             target = images

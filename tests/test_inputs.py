@@ -502,3 +502,17 @@ def test_the_montage_takes_left_and_right_from_the_affine(tmp_path):
     assert red[0].sum() > 100
     assert (red[0] & red[1]).sum() / (red[0] | red[1]).sum() > 0.8
     assert np.abs(ras - las).mean() < 0.01
+
+
+def test_a_derived_image_beside_the_t1w_is_ignored(tmp_path):
+    # FSL's brain extraction writes sub-..._T1w_brain.nii.gz beside the image.
+    from atlas_ramp.bids import find_subjects
+
+    from .helpers import make_split
+
+    root = make_split(tmp_path / "split")
+    t1w = next(root.rglob("*_T1w.nii.gz"))
+    (t1w.parent / t1w.name.replace("_T1w.nii.gz", "_T1w_brain.nii.gz")).write_bytes(
+        t1w.read_bytes()
+    )
+    assert len(find_subjects(root)) == 3
