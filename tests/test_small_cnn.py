@@ -313,6 +313,9 @@ def test_budgets_and_quick_mode(monkeypatch):
     assert quick.epochs * quick.patches_per_epoch < full.epochs * full.patches_per_epoch
     gpu = module.get_estimator(budget="gpu")
     assert gpu.base_channels > full.base_channels and gpu.epochs > full.epochs
+    assert gpu.device is None  # CUDA when present; a GPU-trained model still loads
+    with pytest.raises(ValueError, match="budget must be one of"):
+        module.get_estimator(budget="GPU")
 
 
 def test_threshold_is_tuned_on_training_subjects(fitted):

@@ -288,6 +288,11 @@ def pick_device(name=None):
     if name is None:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "small_cnn: device='cuda' but no CUDA GPU is visible here; use "
+            "device=None (CUDA when there is one, else CPU) or device='cpu'."
+        )
     if device.type == "cpu":
         torch.set_num_threads(available_cpus())
     return device
@@ -850,7 +855,9 @@ BUDGETS = {
     "cpu": dict(),
     # Longer training and a wider network: about 2.5 times the CPU budget's
     # steps, with 4 times the convolution work per step.
-    "gpu": dict(epochs=50, patches_per_epoch=384, base_channels=16, device="cuda"),
+    # Longer and wider. The device stays None (CUDA when present): a model
+    # trained on a GPU must still predict on a laptop.
+    "gpu": dict(epochs=50, patches_per_epoch=384, base_channels=16),
 }
 
 
@@ -871,6 +878,8 @@ def get_estimator(budget=None):
     """
     if budget is None:
         budget = "quick" if is_quick_test() else "cpu"
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {sorted(BUDGETS)}, got {budget!r}.")
     estimator = SmallUNet(**BUDGETS[budget])
     # Say once per process (ramp-test calls this for every fold) what the
     # quick test is for: its scores would otherwise look like a broken model.
