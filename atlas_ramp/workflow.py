@@ -249,7 +249,7 @@ class LesionSegmentation:
             )
         estimator = module.get_estimator()
         X_train = X[train_is]
-        y_train = MaskSequence(np.asarray(y, dtype=object)[train_is])
+        y_train = MaskSequence(y)[train_is]  # lazy: masks stay sparse
         with blame(
             f"Submission '{name}': fit failed on {len(X_train)} subjects "
             f"({''.join(X_train.subject_ids[:1])} ...)"

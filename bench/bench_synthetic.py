@@ -38,6 +38,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from atlas_ramp import synthetic  # noqa: E402
+from atlas_ramp.machine import available_cpus  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -122,7 +123,7 @@ def time_default_sample() -> None:
     jobs = synthetic.default_jobs(n_subjects, 1)
     print(
         f"default sample ({n_subjects} subjects, 1 mm, {jobs} worker processes, "
-        f"{synthetic.available_cpus()} usable CPUs): {elapsed:.0f} s wall, "
+        f"{available_cpus()} usable CPUs): {elapsed:.0f} s wall, "
         f"{cpu:.0f} s CPU in all, {size / 1e6:.0f} MB on disk"
     )
 

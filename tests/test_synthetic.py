@@ -617,16 +617,18 @@ def test_interrupted_generalizability_keeps_the_previous_sample(tmp_path, monkey
 
 
 def test_available_cpus_is_portable(monkeypatch):
+    from atlas_ramp import machine
+
     monkeypatch.setattr(os, "process_cpu_count", lambda: 5, raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
-    assert synthetic.available_cpus() == 5  # Python 3.13+
+    assert machine.available_cpus() == 5  # Python 3.13+
     monkeypatch.delattr(os, "process_cpu_count")
-    assert synthetic.available_cpus() == 3  # Linux before 3.13
+    assert machine.available_cpus() == 3  # Linux before 3.13
     monkeypatch.delattr(os, "sched_getaffinity")
     monkeypatch.setattr(os, "cpu_count", lambda: 7)
-    assert synthetic.available_cpus() == 7  # macOS, Windows
+    assert machine.available_cpus() == 7  # macOS, Windows
     monkeypatch.setattr(os, "cpu_count", lambda: None)
-    assert synthetic.available_cpus() == 1
+    assert machine.available_cpus() == 1
 
 
 def test_default_jobs_use_the_cores_that_are_there(monkeypatch):

@@ -93,7 +93,7 @@ from .sample import (
 from .scanners import BLURRED_COHORTS, CohortProfile, make_cohort_profiles
 from .streams import subject_seed
 from .subject import SubjectVariation, SyntheticSubject, make_subject
-from .workers import available_cpus, default_jobs
+from .workers import default_jobs
 
 __all__ = [
     "BLURRED_COHORTS",
@@ -115,7 +115,6 @@ __all__ = [
     "SubjectRecord",
     "SubjectVariation",
     "SyntheticSubject",
-    "available_cpus",
     "build_sample",
     "default_jobs",
     "downsampled_affine",
