@@ -328,3 +328,123 @@ def test_predicting_on_another_grid_says_so(fitted):
     other_grid = SimpleNamespace(volume_shape=(10, 10, 10))
     with pytest.raises(ValueError, match="trained on volumes of shape"):
         estimator.predict_proba(other_grid)
+
+
+# --- Bias correction, mirror coordinates, lesion-by-lesion patches ------------------
+def smooth_brain(shape=(40, 48, 36)):
+    """A symmetric 'brain': white matter (1.0), a grey rim (0.6), a dark lesion."""
+    grid = np.indices(shape).astype(np.float32)
+    middle = (np.asarray(shape, np.float32)[:, None, None, None] - 1) / 2
+    radius = np.sqrt(
+        (((grid - middle) / (0.42 * np.asarray(shape)[:, None, None, None])) ** 2).sum(
+            0
+        )
+    )
+    brain = np.where(radius < 1, np.where(radius < 0.8, 1.0, 0.6), 0.0)
+    return brain.astype(np.float32), grid, middle
+
+
+def test_white_matter_bias_removes_a_smooth_field():
+    """A 30% smooth bias on the white matter shrinks to a few percent."""
+    module = estimator_module()
+    brain, grid, middle = smooth_brain()
+    lesion = (
+        np.sqrt(
+            ((grid - middle - np.array([6, 4, 0])[:, None, None, None]) ** 2).sum(0)
+        )
+        < 4
+    )
+    brain[lesion] = 0.3
+    x, y, z = (grid - middle) / middle
+    bias = np.exp(0.3 * x + 0.2 * np.sin(2 * y) - 0.15 * z * x)
+    biased = brain * bias
+    head = biased > 0
+    log_bias = module.white_matter_bias(biased, head, cell=2, sigma_cells=1.5)
+    corrected = biased / np.exp(
+        module.bias_on(log_bias, np.indices(brain.shape), cell=2)
+    )
+    white = (brain == 1.0) & ~lesion
+    spread = lambda image: np.std(np.log(image[white]))  # noqa: E731
+    assert spread(biased) > 0.12
+    assert spread(corrected) < 0.35 * spread(biased)
+    # The lesion stays dark against the corrected white matter around it.
+    assert np.median(corrected[lesion]) < 0.5 * np.median(corrected[white])
+
+
+@pytest.mark.parametrize("factor", [1, 2])
+def test_mirror_channel_is_the_corrected_image_mirrored(factor):
+    """With the bias of the mirrored side, the mirror channel of a grid with
+    even sides is exactly the (corrected) image channel flipped left-right."""
+    module = estimator_module()
+    brain, grid, middle = smooth_brain((40, 48, 36))
+    volume = brain * np.exp(0.4 * (grid[0] - middle[0]) / middle[0]) + 0.01
+    image, _ = module.prepare(volume, factor)
+    np.testing.assert_allclose(image[1], image[0][::-1], atol=1e-4)
+    uncorrected, _ = module.prepare(volume, factor, correct_bias=False)
+    # Without correction the image is brighter on one side than its mirror.
+    assert np.abs(uncorrected[1] - uncorrected[0][::-1]).max() < 1e-4
+    assert (
+        np.abs(uncorrected[0] - uncorrected[1]).mean()
+        > np.abs(image[0] - image[1]).mean()
+    )
+
+
+def test_training_patches_equal_the_whole_volume_preparation(small_split):
+    """A patch cut from the mapped volume is the same crop of ``prepare``."""
+    module = estimator_module()
+    X_train, y_train, _ = small_split
+    subjects = module.TrainingSubjects(X_train[:2], y_train[:2], factor=1)
+    image, _ = module.prepare(X_train[1], 1)
+    corner, size = (5, 9, 4), 16
+    patch = subjects.image_patch(1, corner, size, mirror_channel=True)
+    window = tuple(slice(c, c + size) for c in corner)
+    np.testing.assert_allclose(patch, image[(slice(0, 2), *window)], atol=1e-5)
+
+
+def test_pooled_lesions_equal_dense_pooling_lesion_by_lesion():
+    module = estimator_module()
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    mask = ndimage.binary_opening(rng.random((23, 18, 15)) < 0.3)
+    for factor in (1, 2, 3):
+        voxels, fractions, starts = module.pooled_lesions(
+            np.flatnonzero(mask), mask.shape, factor
+        )
+        dense = module.downsample(mask.astype(np.float32), factor)
+        pooled = np.zeros(dense.size)
+        pooled[voxels] = fractions / 255
+        np.testing.assert_allclose(pooled, dense.ravel(), atol=0.5 / 255 + 1e-6)
+        labels, count = ndimage.label(dense > 0)
+        assert len(starts) == count + 1 and starts[-1] == voxels.size
+        for k in range(count):  # each run of voxels is one whole lesion
+            run = labels.ravel()[voxels[starts[k] : starts[k + 1]]]
+            assert (run == run[0]).all() and run.size == (labels == run[0]).sum()
+
+
+def test_patch_centres_find_small_lesions_as_often_as_large_ones():
+    module = estimator_module()
+    mask = np.zeros((40, 40, 40), bool)
+    mask[2:30, 2:30, 2:30] = True  # 22 mL at 1 mm
+    mask[36, 36, 36] = True  # one voxel
+    subjects = SimpleNamespace(shape=mask.shape)
+    subjects.lesion_voxels, _, subjects.lesion_starts = (
+        [array] for array in module.pooled_lesions(np.flatnonzero(mask), mask.shape, 1)
+    )
+    rng = np.random.default_rng(0)
+    centres = [
+        module.TrainingSubjects.random_centre(subjects, 0, rng, 1.0) for _ in range(400)
+    ]
+    small = sum(tuple(int(c) for c in centre) == (36, 36, 36) for centre in centres)
+    assert 150 < small < 250  # about half, not 1 in 22,000
+
+
+def test_bias_on_grid_equals_bias_on_every_voxel():
+    module = estimator_module()
+    log_bias = np.random.default_rng(0).normal(size=(5, 7, 4)).astype(np.float32)
+    shape = (19, 26, 16)  # not multiples of the cell: the far cells are cut
+    np.testing.assert_allclose(
+        module.bias_on_grid(log_bias, shape, cell=4),
+        module.bias_on(log_bias, np.indices(shape), cell=4),
+        atol=1e-5,
+    )

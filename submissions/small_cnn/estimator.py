@@ -172,6 +172,11 @@ class UNet3D(nn.Module):
         # steps would only learn that the background is background.
         nn.init.constant_(self.head.bias, -4.0)
 
+    @property
+    def size_multiple(self):
+        """Input sides must be multiples of this: ``2 ** (depth - 1)``."""
+        return 2 ** (len(self.encoder) - 1)
+
     def forward(self, x):
         skips = []
         for level, block in enumerate(self.encoder):
@@ -201,11 +206,6 @@ def head_mask(volume):
     return volume > 0.1 * np.percentile(volume, 99)
 
 
-def z_score(volume, values):
-    """``volume`` in standard deviations from the mean of ``values``."""
-    return (volume - values.mean()) / max(float(values.std()), 1e-6)
-
-
 def template_on_grid(affine, shape, factor):
     """The MNI152 template on the data's grid, pooled and z-scored like an image.
 
@@ -222,7 +222,8 @@ def template_on_grid(affine, shape, factor):
         copy_header=True,
     ).get_fdata(dtype=np.float32)
     pooled = downsample(template, factor)
-    return z_score(pooled, pooled[head_mask(pooled)]).astype(np.float32)
+    _, mean, sd = pooled_statistics(pooled)
+    return ((pooled - mean) / sd).astype(np.float32)
 
 
 def pooled_statistics(pooled):
@@ -234,7 +235,93 @@ def pooled_statistics(pooled):
     return head, float(values.mean()), max(float(values.std()), 1e-6)
 
 
-def prepare(volume, factor, template=None, mirror_channel=True):
+#: Working voxels per cell of the grid the bias field is estimated on (8 mm
+#: at 2 mm): a scanner's bias varies over centimetres, not millimetres.
+BIAS_CELL = 4
+
+
+def white_matter_bias(pooled, head, cell=BIAS_CELL, sigma_cells=2.0, rounds=4):
+    """Log of a volume's smooth multiplicative bias, estimated on its white matter.
+
+    Receive coils make one part of the head brighter than another (up to 40%
+    here). White matter should be one intensity everywhere, so its local mean
+    shows the bias: each round takes the bright half of the head (the white
+    matter, once corrected by the previous round's estimate; dark lesions are
+    left out), averages its log intensity in cells of ``cell`` voxels, smooths
+    that over neighbouring cells, and divides it out. (Written by hand: N4, the
+    usual tool, lives in ANTs/SimpleITK, and is slower than this whole model's
+    prediction; this simple estimate is what we need here.)
+
+    Returns
+    -------
+    ndarray of float32
+        Log bias on the coarse grid (mean 0 over the head); see
+        :func:`bias_on`.
+    """
+    log_image = np.log(np.maximum(pooled, 1e-6))
+    head_weight = downsample(head.astype(np.float32), cell)
+    log_bias = np.zeros(head_weight.shape, np.float32)
+    if not head.any():
+        return log_bias
+    for _ in range(rounds):  # 0 rounds: no correction
+        corrected = log_image - bias_on_grid(log_bias, pooled.shape, cell)
+        low, high = np.percentile(corrected[head], [50, 98])
+        white = (head & (corrected >= low) & (corrected <= high)).astype(np.float32)
+        # Normalized convolution: a weighted local mean, weights = white matter.
+        total = ndimage.gaussian_filter(
+            downsample(white * log_image, cell), sigma_cells
+        )
+        weight = ndimage.gaussian_filter(downsample(white, cell), sigma_cells)
+        known = weight > 1e-3
+        log_bias = np.where(known, total / np.maximum(weight, 1e-3), 0.0)
+        if not known.all():  # far from any white matter: the nearest estimate
+            nearest = ndimage.distance_transform_edt(
+                ~known, return_distances=False, return_indices=True
+            )
+            log_bias = log_bias[tuple(nearest)]
+        log_bias = log_bias - np.average(log_bias, weights=head_weight + 1e-9)
+        log_bias = log_bias.astype(np.float32)
+    return log_bias
+
+
+def bias_on_grid(log_bias, shape, cell=BIAS_CELL):
+    """The log bias on the whole working grid of ``shape``.
+
+    The same values as :func:`bias_on` at every voxel (trilinear, constant
+    beyond the outer cell centres), but 10 times faster: torch's upsampling.
+    """
+    coarse = torch.from_numpy(np.ascontiguousarray(log_bias, np.float32))
+    fine = F.interpolate(
+        coarse[None, None], scale_factor=cell, mode="trilinear", align_corners=False
+    )[0, 0]
+    return fine[: shape[0], : shape[1], : shape[2]].numpy()
+
+
+def bias_on(log_bias, coordinates, cell=BIAS_CELL):
+    """The log bias at working-voxel ``coordinates`` (3 arrays), trilinearly."""
+    # Cell k covers working voxels cell*k ... cell*k + cell - 1.
+    return ndimage.map_coordinates(
+        log_bias,
+        [(np.asarray(c, np.float32) + 0.5) / cell - 0.5 for c in coordinates],
+        order=1,
+        mode="nearest",
+    )
+
+
+def mirrored_coordinates(coordinates, data_side_x, factor):
+    """Where, in the unmirrored working grid, the mirror channel's voxels come from.
+
+    The mirror is pooled from the 1 mm volume flipped on x: its working voxel
+    ``i`` holds the 1 mm voxels whose centre is at working position
+    ``data_side_x / factor - 1 - i``.
+    """
+    x, *others = coordinates
+    return [data_side_x / factor - 1 - np.asarray(x, np.float32), *others]
+
+
+def prepare(
+    volume, factor, template=None, mirror_channel=True, correct_bias=True, log_bias=None
+):
     """Pool a volume to working resolution and z-score it inside the head.
 
     Returns
@@ -248,11 +335,21 @@ def prepare(volume, factor, template=None, mirror_channel=True):
     head : ndarray of bool, shape (x, y, z)
         Where the head is: prediction only looks at the box around it.
     """
-    channels = [downsample(volume, factor)]
+    pooled = downsample(volume, factor)
+    head = head_mask(pooled)
+    if log_bias is None:
+        log_bias = white_matter_bias(pooled, head, rounds=4 if correct_bias else 0)
+    channels = [pooled / np.exp(bias_on_grid(log_bias, pooled.shape))]
     if mirror_channel:
         # Mirror at 1 mm, then pool: the MNI grid is symmetric about its
         # middle x voxel, so the pooled mirror lines up with the pooled image.
-        channels.append(downsample(volume[::-1], factor))
+        # Its bias is the mirrored bias.
+        mirrored = mirrored_coordinates(
+            np.indices(pooled.shape), volume.shape[0], factor
+        )
+        channels.append(
+            downsample(volume[::-1], factor) / np.exp(bias_on(log_bias, mirrored))
+        )
     head, mean, sd = pooled_statistics(channels[0])
     # The mirror is scaled like the image, so that the two compare.
     image = (np.stack(channels) - mean) / sd
@@ -310,6 +407,62 @@ def is_memory_mapped(array):
 # =============================================================================
 # Training data: a few hundred kB per subject, patches read when needed
 # =============================================================================
+def lesion_indices(y, i):
+    """Flat indices of the lesion voxels of ``y[i]``, without a dense copy if we can.
+
+    The kit's ``y`` keeps its masks sparse (``y.sparse``); any other sequence
+    of boolean masks works too.
+    """
+    sparse = getattr(y, "sparse", None)
+    if sparse is not None:
+        return np.asarray(sparse[i].indices)
+    return np.flatnonzero(np.asarray(y[i]))
+
+
+def pooled_lesions(indices, data_shape, factor):
+    """The lesion at working resolution, grouped lesion by lesion.
+
+    Parameters
+    ----------
+    indices : ndarray of int
+        Flat indices of the lesion voxels on the data's grid.
+    data_shape : tuple of int
+    factor : int
+        Pooling factor (blocks of ``factor`` voxels per axis, smaller at the
+        far edges, as :func:`downsample` pools).
+
+    Returns
+    -------
+    voxels : ndarray of int32
+        Flat working-grid indices of the voxels that hold some lesion, sorted
+        by lesion (3D connected component, face connectivity).
+    fractions : ndarray of uint8
+        Share of each of these voxels that is lesion, in 255ths (8 bits are
+        plenty for a share of 8, 27 or 64 small voxels).
+    starts : ndarray of int32
+        Lesion ``k`` is ``voxels[starts[k]:starts[k + 1]]``. Patch centres are
+        drawn lesion by lesion: drawn voxel by voxel, a 100 mL lesion would be
+        picked 500 times as often as a 0.2 mL one.
+    """
+    data_shape = np.asarray(data_shape)
+    shape = -(-data_shape // factor)
+    blocks = np.unravel_index(indices, data_shape) // np.int64(factor)
+    flat = np.ravel_multi_index(tuple(blocks), tuple(shape))
+    counts = np.bincount(flat, minlength=int(np.prod(shape))).reshape(shape)
+    # Voxels per block: factor**3, fewer at the far edge of an odd side.
+    sides = [
+        np.minimum(factor, n - factor * np.arange(m))
+        for n, m in zip(data_shape, shape, strict=True)
+    ]
+    fraction = counts / np.einsum("i,j,k->ijk", *sides)
+    labels, count = ndimage.label(counts > 0)
+    voxels = np.flatnonzero(labels)
+    voxels = voxels[np.argsort(labels.ravel()[voxels], kind="stable")]
+    starts = np.searchsorted(labels.ravel()[voxels], np.arange(1, count + 2))
+    fractions = np.round(fraction.ravel()[voxels] * 255).astype(np.uint8)
+    return voxels.astype(np.int32), fractions, starts.astype(np.int32)
+
+
 class TrainingSubjects:
     """What ``fit`` keeps of each training subject, and patches cut on demand.
 
@@ -329,11 +482,13 @@ class TrainingSubjects:
         Pooling factor from the data's voxels to working voxels.
     """
 
-    def __init__(self, X, y, factor):
+    def __init__(self, X, y, factor, correct_bias=True):
         self.X, self.factor = X, factor
         self.stored_images = None  # working-resolution copies, when X is not mapped
         self.head_bits, self.head_boxes, self.statistics = [], [], []
         self.lesion_voxels, self.lesion_fractions = [], []
+        self.lesion_starts = []
+        self.log_biases = []
         # The first read of a volume fills the cache; the second maps it.
         X[0]
         if not is_memory_mapped(X[0]):
@@ -348,26 +503,31 @@ class TrainingSubjects:
         for i in range(len(X)):
             volume = X[i]
             pooled = downsample(volume, factor)
-            self.shape = pooled.shape
-            head, mean, sd = pooled_statistics(pooled)
+            self.shape, self.data_side_x = pooled.shape, volume.shape[0]
+            log_bias = white_matter_bias(
+                pooled, head_mask(pooled), rounds=4 if correct_bias else 0
+            )
+            self.log_biases.append(log_bias)
+            corrected = pooled / np.exp(bias_on_grid(log_bias, pooled.shape))
+            head, mean, sd = pooled_statistics(corrected)
             self.statistics.append((mean, sd))
             self.head_bits.append(np.packbits(head.ravel()))
             corners = np.argwhere(head) if head.any() else np.zeros((1, 3), int)
             self.head_boxes.append((corners.min(axis=0), corners.max(axis=0) + 1))
-            fraction = downsample(np.asarray(y[i], dtype=np.float32), factor)
-            voxels = np.flatnonzero(fraction > 0)
-            self.lesion_voxels.append(voxels.astype(np.int32))
-            # 8 bits are plenty for a fraction of 8 (or 27, 64) small voxels.
-            self.lesion_fractions.append(
-                np.round(fraction.ravel()[voxels] * 255).astype(np.uint8)
+            voxels, fractions, starts = pooled_lesions(
+                lesion_indices(y, i), volume.shape, factor
             )
+            self.lesion_voxels.append(voxels)
+            self.lesion_fractions.append(fractions)
+            self.lesion_starts.append(starts)
             if self.stored_images is not None:
-                image, _ = prepare(volume, factor)
+                image, _ = prepare(volume, factor, log_bias=log_bias)
                 self.stored_images.append(image.astype(np.float16))
 
     def held_bytes(self):
         """Bytes held per subject (what grows with the training set)."""
         arrays = [*self.head_bits, *self.lesion_voxels, *self.lesion_fractions]
+        arrays += self.log_biases
         arrays += self.stored_images or []
         return sum(array.nbytes for array in arrays) / len(self.head_bits)
 
@@ -375,7 +535,10 @@ class TrainingSubjects:
         """A lesion voxel (with probability ``lesion_fraction``), else a head voxel."""
         lesion = self.lesion_voxels[subject]
         if lesion.size and rng.random() < lesion_fraction:
-            return np.unravel_index(rng.choice(lesion), self.shape)
+            starts = self.lesion_starts[subject]
+            which = rng.integers(len(starts) - 1)
+            voxel = lesion[rng.integers(starts[which], starts[which + 1])]
+            return np.unravel_index(voxel, self.shape)
         low, high = self.head_boxes[subject]
         bits = self.head_bits[subject]
         for _ in range(100):  # the head fills about half of its box
@@ -395,9 +558,18 @@ class TrainingSubjects:
         volume = self.X[subject]
         window_1mm = tuple(slice(c * f, (c + size) * f) for c in corner)
         # Blocks start at multiples of f: the same pooling as the whole volume.
-        channels = [downsample(volume[window_1mm], f)]
+        image = downsample(volume[window_1mm], f)
+        grid = [
+            c + np.arange(side).reshape([-1 if a == axis else 1 for a in range(3)])
+            for axis, (c, side) in enumerate(zip(corner, image.shape, strict=True))
+        ]
+        grid = np.broadcast_arrays(*grid)
+        log_bias = self.log_biases[subject]
+        channels = [image / np.exp(bias_on(log_bias, grid))]
         if mirror_channel:
-            channels.append(downsample(volume[::-1][window_1mm], f))
+            mirrored = mirrored_coordinates(grid, self.data_side_x, f)
+            mirror = downsample(volume[::-1][window_1mm], f)
+            channels.append(mirror / np.exp(bias_on(log_bias, mirrored)))
         mean, sd = self.statistics[subject]
         return np.clip((np.stack(channels) - mean) / sd, -5.0, 5.0)
 
@@ -421,12 +593,19 @@ def augment_intensities(channels, relative_sd, rng):
     field, blur (as in low-resolution scans), and Gaussian or Rician noise.
     """
     relative = np.maximum(1.0 + channels * relative_sd, 0.0)
+    if rng.random() < 0.7:
+        # A random monotone contrast curve through a few knots: scanners move
+        # fluid, grey and white matter each by its own amount, which one
+        # gamma curve cannot do.
+        knots = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.5, 3.0])
+        steps = np.diff(knots) * np.exp(rng.normal(0.0, 0.3, knots.size - 1))
+        relative = np.interp(relative, knots, np.r_[0.0, np.cumsum(steps)])
     if rng.random() < 0.5:
-        relative = relative ** rng.uniform(0.7, 1.5)
-    if rng.random() < 0.5:  # a linear bias field: up to +-15% across the patch
+        relative = relative ** rng.uniform(0.6, 1.6)
+    if rng.random() < 0.5:  # a linear bias field: up to +-25% across the patch
         axes = [np.linspace(-0.5, 0.5, side) for side in channels.shape[1:]]
         grid = np.meshgrid(*axes, indexing="ij")
-        gradient = sum(rng.uniform(-0.3, 0.3) * g for g in grid)
+        gradient = sum(rng.uniform(-0.5, 0.5) * g for g in grid)
         relative = relative * np.exp(gradient)[None]
     if rng.random() < 0.25:
         sigma = rng.uniform(0.3, 1.0)
@@ -475,8 +654,10 @@ def predict_probability(
     """
     box = head_box(head, margin=4)
     crop = image[(slice(None), *box)]
-    # Sides rounded up to a multiple of 8: the network pools 3 times by 2.
-    sides = [-(-side // 8) * 8 for side in crop.shape[1:]]
+    # Sides rounded up to a multiple of what the network pools by (8 for 3
+    # poolings by 2; any side for a network that does not pool).
+    multiple = getattr(network, "size_multiple", 1)
+    sides = [-(-side // multiple) * multiple for side in crop.shape[1:]]
     crop = torch.from_numpy(pad_to_at_least(crop, sides)).to(device)[None]
     probability = sliding_window_inference(
         crop,
@@ -515,8 +696,13 @@ def weaken_unsure_lesions(probability, min_peak):
         return probability
     labels, count = ndimage.label(probability >= 0.5)
     if count:
-        peaks = ndimage.maximum(probability, labels, np.arange(1, count + 1))
-        unsure = np.r_[False, np.asarray(peaks) < min_peak]
+        # The peak of each blob, from its own voxels only (ndimage.maximum
+        # would sort the whole volume: a second per subject at 1 mm).
+        inside = labels > 0
+        peaks = np.zeros(count + 1, probability.dtype)
+        np.maximum.at(peaks, labels[inside], probability[inside])
+        unsure = peaks < min_peak
+        unsure[0] = False
         probability[unsure[labels]] *= 0.5
     return probability
 
@@ -546,7 +732,12 @@ class SmallUNet:
         Also give the network the left-right mirror image, and the MNI152
         template (what a healthy brain looks like at each place).
     lesion_patch_fraction : float
-        Share of patches centred on a lesion voxel.
+        Share of patches centred on a lesion (lesions drawn one by one, so
+        that small ones are seen as often as large ones), the lesion anywhere
+        in the central half of the patch.
+    bias_correction : bool
+        Divide each image by its white-matter bias field before anything else
+        (see :func:`white_matter_bias`).
     intensity_augmentation : bool
         Vary contrast, bias, blur and noise (see :func:`augment_intensities`).
     misregistration_voxels : int
@@ -599,8 +790,9 @@ class SmallUNet:
         mirror_channel=True,
         template_channel=True,
         lesion_patch_fraction=0.5,
+        bias_correction=True,
         intensity_augmentation=True,
-        misregistration_voxels=1,
+        misregistration_voxels=2,
         window_size=128,
         window_overlap=0.25,
         windows_per_batch=4,
@@ -620,6 +812,7 @@ class SmallUNet:
         self.mirror_channel = mirror_channel
         self.template_channel = template_channel
         self.lesion_patch_fraction = lesion_patch_fraction
+        self.bias_correction = bias_correction
         self.intensity_augmentation = intensity_augmentation
         self.misregistration_voxels = misregistration_voxels
         self.window_size = window_size
@@ -637,9 +830,10 @@ class SmallUNet:
         size = self.patch_size
         subject = rng.integers(len(subjects.head_bits))
         centre = subjects.random_centre(subject, rng, self.lesion_patch_fraction)
+        jitter = rng.integers(-size // 4, size // 4 + 1, 3)
         corner = [
-            int(np.clip(c - size // 2, 0, max(side - size, 0)))
-            for c, side in zip(centre, subjects.shape, strict=True)
+            int(np.clip(c - size // 2 + j, 0, max(side - size, 0)))
+            for c, j, side in zip(centre, jitter, subjects.shape, strict=True)
         ]
         image = subjects.image_patch(subject, corner, size, self.mirror_channel)
         target = subjects.target_patch(subject, corner, image.shape[1:])
@@ -684,7 +878,7 @@ class SmallUNet:
             if self.template_channel
             else None
         )
-        subjects = TrainingSubjects(X, y, self.factor_)
+        subjects = TrainingSubjects(X, y, self.factor_, self.bias_correction)
         self.held_bytes_per_subject_ = subjects.held_bytes()
         print(
             f"small_cnn: {len(X)} subjects read in {time.perf_counter() - start:.1f}"
@@ -780,7 +974,14 @@ class SmallUNet:
 
     def _probability_on_data_grid(self, network, volume, device):
         """Unshifted lesion probability of one volume, on the data's grid."""
-        image, head = prepare(volume, self.factor_, self.template_, self.mirror_channel)
+        image, head = prepare(
+            volume,
+            self.factor_,
+            self.template_,
+            self.mirror_channel,
+            # Models pickled before this knob existed had no correction.
+            getattr(self, "bias_correction", False),
+        )
         windows = dict(
             window_size=self.window_size,
             overlap=self.window_overlap,
