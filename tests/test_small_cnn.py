@@ -394,11 +394,49 @@ def test_training_patches_equal_the_whole_volume_preparation(small_split):
     module = estimator_module()
     X_train, y_train, _ = small_split
     subjects = module.TrainingSubjects(X_train[:2], y_train[:2], factor=1)
-    image, _ = module.prepare(X_train[1], 1)
     corner, size = (5, 9, 4), 16
+    window = (slice(0, 2), *(slice(c, c + size) for c in corner))
     patch = subjects.image_patch(1, corner, size, mirror_channel=True)
-    window = tuple(slice(c, c + size) for c in corner)
-    np.testing.assert_allclose(patch, image[(slice(0, 2), *window)], atol=1e-5)
+    z_scored, _ = module.prepare(X_train[1], 1)
+    np.testing.assert_allclose(patch, z_scored[window], atol=1e-5)
+    # Standardized with the subject's landmarks, as fit does after augmenting.
+    standard = np.linspace(-3, 2, len(module.LANDMARK_LEVELS))
+    standardized, _ = module.prepare(X_train[1], 1, standard_landmarks=standard)
+    np.testing.assert_allclose(
+        module.standardize_histogram(patch, subjects.landmarks[1], standard),
+        standardized[window],
+        atol=1e-4,
+    )
+
+
+def test_histogram_standardization_undoes_another_contrast_curve():
+    """One head seen by two scanners (another gamma, scale and offset) looks
+    alike after standardization onto the same landmarks; z-scores do not."""
+    module = estimator_module()
+    brain, grid, middle = smooth_brain()
+    rng = np.random.default_rng(0)
+    head = brain > 0
+    tissue = np.where(head, brain * (1 + 0.08 * rng.normal(size=brain.shape)), 0)
+    tissue[head] = np.maximum(tissue[head], 0.05)
+    other_scanner = np.where(head, 300 * tissue**1.6 + 80, 0.0)
+    z_scored = [
+        (image - image[head].mean()) / image[head].std()
+        for image in (tissue, other_scanner)
+    ]
+    standard = module.head_landmarks(z_scored[0], head)
+    standardized = [
+        module.standardize_histogram(
+            image, module.head_landmarks(image, head), standard
+        )
+        for image in z_scored
+    ]
+    before = np.abs(z_scored[0] - z_scored[1])[head].mean()
+    after = np.abs(standardized[0] - standardized[1])[head].mean()
+    assert after < 0.25 * before, (before, after)
+    # The landmarks themselves land on the standard ones.
+    np.testing.assert_allclose(
+        module.head_landmarks(standardized[1], head), standard, atol=0.02
+    )
 
 
 def test_pooled_lesions_equal_dense_pooling_lesion_by_lesion():

@@ -320,7 +320,13 @@ def mirrored_coordinates(coordinates, data_side_x, factor):
 
 
 def prepare(
-    volume, factor, template=None, mirror_channel=True, correct_bias=True, log_bias=None
+    volume,
+    factor,
+    template=None,
+    mirror_channel=True,
+    correct_bias=True,
+    log_bias=None,
+    standard_landmarks=None,
 ):
     """Pool a volume to working resolution and z-score it inside the head.
 
@@ -352,10 +358,58 @@ def prepare(
         )
     head, mean, sd = pooled_statistics(channels[0])
     # The mirror is scaled like the image, so that the two compare.
-    image = (np.stack(channels) - mean) / sd
+    image = np.clip((np.stack(channels) - mean) / sd, -5.0, 5.0)
+    if standard_landmarks is not None:
+        image = standardize_histogram(
+            image, head_landmarks(image[0], head), standard_landmarks
+        )
     if template is not None:
         image = np.concatenate([image, template[None]])
-    return np.clip(image, -5.0, 5.0).astype(np.float32), head
+    return image.astype(np.float32), head
+
+
+#: Where the histogram landmarks sit: the 1st, 5th, 10th, 20th ... 90th,
+#: 95th and 99th percentiles of the head's intensities.
+LANDMARK_LEVELS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def head_landmarks(image, head):
+    """The head's intensities at :data:`LANDMARK_LEVELS`, strictly increasing."""
+    values = image[head] if head.any() else image.ravel()
+    landmarks = np.quantile(values, LANDMARK_LEVELS)
+    # Few distinct intensities can repeat a quantile: keep them apart.
+    steps = np.arange(landmarks.size) * 1e-4
+    return np.maximum.accumulate(landmarks + steps).astype(np.float32)
+
+
+def standardize_histogram(image, landmarks, standard_landmarks):
+    """Map a head's histogram landmarks onto the training set's, piece by piece.
+
+    Scanners map tissues to intensities by different curves: contrast
+    (gamma), grey matter or fluid brighter or darker, scale and offset.
+    z-scoring undoes only scale and offset. Histogram standardization (Nyul
+    and Udupa, 1999) also bends the curve back: the intensities between two
+    landmarks (say the 20th and 30th percentiles of the head) are mapped
+    linearly onto the same landmarks of the average training subject, so
+    that each tissue lands where it does in training. Beyond the outer
+    landmarks the outer pieces continue; the result is clipped to +-5.
+    (TorchIO's ``HistogramStandardization`` does this to whole images read
+    from files; here the same map is also applied to each training patch,
+    with its subject's landmarks, so a few lines of numpy.)
+    """
+    mapped = np.interp(image, landmarks, standard_landmarks)
+    slopes = np.diff(standard_landmarks) / np.diff(landmarks)
+    mapped = np.where(
+        image < landmarks[0],
+        standard_landmarks[0] + (image - landmarks[0]) * slopes[0],
+        mapped,
+    )
+    mapped = np.where(
+        image > landmarks[-1],
+        standard_landmarks[-1] + (image - landmarks[-1]) * slopes[-1],
+        mapped,
+    )
+    return np.clip(mapped, -5.0, 5.0).astype(np.float32)
 
 
 def pad_to_at_least(volume, sizes, mode="edge"):
@@ -484,6 +538,7 @@ class TrainingSubjects:
 
     def __init__(self, X, y, factor, correct_bias=True):
         self.X, self.factor = X, factor
+        self.landmarks = []
         self.stored_images = None  # working-resolution copies, when X is not mapped
         self.head_bits, self.head_boxes, self.statistics = [], [], []
         self.lesion_voxels, self.lesion_fractions = [], []
@@ -511,6 +566,8 @@ class TrainingSubjects:
             corrected = pooled / np.exp(bias_on_grid(log_bias, pooled.shape))
             head, mean, sd = pooled_statistics(corrected)
             self.statistics.append((mean, sd))
+            z_scored = np.clip((corrected - mean) / sd, -5.0, 5.0)
+            self.landmarks.append(head_landmarks(z_scored, head))
             self.head_bits.append(np.packbits(head.ravel()))
             corners = np.argwhere(head) if head.any() else np.zeros((1, 3), int)
             self.head_boxes.append((corners.min(axis=0), corners.max(axis=0) + 1))
@@ -738,6 +795,9 @@ class SmallUNet:
     bias_correction : bool
         Divide each image by its white-matter bias field before anything else
         (see :func:`white_matter_bias`).
+    histogram_standardization : bool
+        After z-scoring, map each head's intensity histogram onto the
+        training set's (see :func:`standardize_histogram`).
     intensity_augmentation : bool
         Vary contrast, bias, blur and noise (see :func:`augment_intensities`).
     misregistration_voxels : int
@@ -767,6 +827,9 @@ class SmallUNet:
         Grid of the training volumes; prediction needs the same grid.
     template_ : ndarray of float32 or None
         The MNI152 template on the working grid (with ``template_channel``).
+    standard_landmarks_ : ndarray of float32 or None
+        The training subjects' average histogram landmarks (with
+        ``histogram_standardization``): every image is mapped onto them.
     threshold_ : float
         Decision threshold tuned on training subjects; ``predict_proba``
         shifts the probabilities so that it becomes 0.5.
@@ -791,6 +854,7 @@ class SmallUNet:
         template_channel=True,
         lesion_patch_fraction=0.5,
         bias_correction=True,
+        histogram_standardization=True,
         intensity_augmentation=True,
         misregistration_voxels=2,
         window_size=128,
@@ -813,6 +877,7 @@ class SmallUNet:
         self.template_channel = template_channel
         self.lesion_patch_fraction = lesion_patch_fraction
         self.bias_correction = bias_correction
+        self.histogram_standardization = histogram_standardization
         self.intensity_augmentation = intensity_augmentation
         self.misregistration_voxels = misregistration_voxels
         self.window_size = window_size
@@ -842,15 +907,17 @@ class SmallUNet:
             image = augment_intensities(image, sd / max(mean, 1e-6), rng)
         else:  # light: intensity scaling and shift
             image = image * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
-        channels = [image]
+        if self.standard_landmarks_ is not None:
+            image = standardize_histogram(
+                image, subjects.landmarks[subject], self.standard_landmarks_
+            )
+        # Misregistration: the mirror (if any) and the template slide against
+        # the image.
+        shift = self.misregistration_voxels
+        channels = [image[:1], shift_by_up_to(image[1:], shift, rng)]
         if self.template_channel:
             window = tuple(slice(c, c + size) for c in corner)
-            channels.append(self.template_[window][None])
-        # Misregistration: the mirror and template slide against the image.
-        shift = self.misregistration_voxels
-        channels = [channels[0][:1]] + [
-            shift_by_up_to(c, shift, rng) for c in [channels[0][1:], *channels[1:]]
-        ]
+            channels.append(shift_by_up_to(self.template_[window][None], shift, rng))
         patch = pad_to_at_least(np.concatenate(channels).astype(np.float32), size)
         target = pad_to_at_least(target, size, "constant")
         # Axis x is left-right: the flipped patch is the mirrored brain's
@@ -879,6 +946,12 @@ class SmallUNet:
             else None
         )
         subjects = TrainingSubjects(X, y, self.factor_, self.bias_correction)
+        # The standard scale: the training subjects' average landmarks.
+        self.standard_landmarks_ = (
+            np.mean(subjects.landmarks, axis=0).astype(np.float32)
+            if self.histogram_standardization
+            else None
+        )
         self.held_bytes_per_subject_ = subjects.held_bytes()
         print(
             f"small_cnn: {len(X)} subjects read in {time.perf_counter() - start:.1f}"
@@ -979,8 +1052,9 @@ class SmallUNet:
             self.factor_,
             self.template_,
             self.mirror_channel,
-            # Models pickled before this knob existed had no correction.
-            getattr(self, "bias_correction", False),
+            # Models pickled before these knobs existed had neither.
+            correct_bias=getattr(self, "bias_correction", False),
+            standard_landmarks=getattr(self, "standard_landmarks_", None),
         )
         windows = dict(
             window_size=self.window_size,
