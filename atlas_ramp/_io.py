@@ -15,10 +15,12 @@ TSV tables).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +203,38 @@ def object_array(items) -> np.ndarray:
     array = np.empty(len(items), dtype=object)
     array[:] = items
     return array
+
+
+def link_or_copy(source: Path | str, target: Path | str, link: bool = True) -> None:
+    """Hard-link ``source`` at ``target`` (a copy where links are not possible).
+
+    Linking costs no disk space; across file systems, or where hard links are
+    not supported, the file is copied (``shutil.copy2``, times kept).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        try:
+            os.link(source, target)
+            return
+        except OSError:  # another file system, or no hard links there
+            pass
+    shutil.copy2(source, target)
+
+
+def file_sha256(
+    path: Path | str,
+    on_chunk: Callable[[int], object] | None = None,
+    chunk_size: int = 1 << 20,
+) -> str:
+    """SHA-256 of a file, read a chunk at a time (``hashlib.file_digest`` is 3.11+).
+
+    ``on_chunk(n_bytes)`` is called after each chunk (a progress bar's update).
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(chunk_size):
+            digest.update(chunk)
+            if on_chunk is not None:
+                on_chunk(len(chunk))
+    return digest.hexdigest()

@@ -52,15 +52,19 @@ private_split, public_split, file, sha256`` for every file.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
-import os
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._io import staging_folder, swap_into_place, write_tsv
+from ._io import (
+    file_sha256,
+    link_or_copy,
+    staging_folder,
+    swap_into_place,
+    write_tsv,
+)
 from .atlas_release import write_split_description, write_split_manifest
 from .bids import DataError, Subject, anat_dir, find_subjects
 from .splits import stratified_holdout
@@ -79,7 +83,6 @@ INSTRUCTOR_COLUMNS = (
 )
 PUBLIC_ENTRIES = ("train", "test", "split_manifest.tsv")
 PRIVATE_ENTRIES = (*PUBLIC_ENTRIES, INSTRUCTOR_MANIFEST)
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -215,26 +218,6 @@ def labelled_subjects(source: Path | str) -> list[Subject]:
             seen[subject.subject_id] = subject.t1w_path
             subjects.append(subject)
     return sorted(subjects, key=lambda subject: subject.subject_id)
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read a chunk at a time."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        while chunk := file.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _place(source: Path, target: Path, link: bool) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if link:
-        try:
-            os.link(source, target)
-            return
-        except OSError:  # another file system, or no hard links there
-            pass
-    shutil.copy2(source, target)
 
 
 def _subject_files(subject: Subject) -> list[Path]:
@@ -393,7 +376,7 @@ def _place_files(
         for path in _subject_files(subject):
             for split_dir in destinations:
                 folder = anat_dir(split_dir, subject.subject_id, subject.session)
-                _place(path, folder / path.name, link)
+                link_or_copy(path, folder / path.name, link)
             row = [subject.subject_id, subject.cohort, private_split, public_split]
             rows.append([*row, path.name, file_sha256(path)])
     return rows

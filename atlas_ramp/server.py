@@ -49,7 +49,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from ._io import staging_folder
+from ._io import link_or_copy, staging_folder
 from .bids import DataError, find_subjects
 
 PROBLEM_NAME = "atlas_stroke"
@@ -209,12 +209,7 @@ def _place_tree(source: Path, target: Path) -> None:
     for path in sorted(source.rglob("*")):
         if path.is_dir() or path.name.startswith(".") or ".cache" in path.parts:
             continue
-        destination = target / path.relative_to(source)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, destination)
-        except OSError:  # another file system
-            shutil.copy2(path, destination)
+        link_or_copy(path, target / path.relative_to(source))
 
 
 def build_data(

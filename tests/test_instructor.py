@@ -12,13 +12,9 @@ from pathlib import Path
 import pytest
 
 from atlas_ramp import instructor
+from atlas_ramp._io import file_sha256
 from atlas_ramp.bids import DataError, find_subjects
-from atlas_ramp.instructor import (
-    build_course_data,
-    file_sha256,
-    split_course,
-    verify_no_leak,
-)
+from atlas_ramp.instructor import build_course_data, split_course, verify_no_leak
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +150,7 @@ def test_an_interruption_changes_nothing(source, tmp_path, monkeypatch):
         if len(calls) > 5:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(instructor, "_place", interrupted)
+    monkeypatch.setattr(instructor, "link_or_copy", interrupted)
     with pytest.raises(DataError, match="Interrupted"):
         build_course_data(source, private, public, seed=3, force=True)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

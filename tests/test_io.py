@@ -87,3 +87,35 @@ def test_written_files_and_staging_folders_get_the_usual_mode(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert stat.S_IMODE(folder.stat().st_mode) == 0o755
     assert folder.parent == tmp_path and folder.name.startswith(".stage-")
+
+
+def test_link_or_copy_links_else_copies(tmp_path, monkeypatch):
+    from atlas_ramp import _io
+
+    source = tmp_path / "a.txt"
+    source.write_text("lesion")
+    _io.link_or_copy(source, tmp_path / "sub" / "linked.txt")
+    assert (tmp_path / "sub" / "linked.txt").stat().st_ino == source.stat().st_ino
+
+    def no_links(*args):
+        raise OSError("cross-device link")
+
+    monkeypatch.setattr(_io.os, "link", no_links)
+    _io.link_or_copy(source, tmp_path / "copied.txt")
+    copied = tmp_path / "copied.txt"
+    assert copied.read_text() == "lesion"
+    assert copied.stat().st_ino != source.stat().st_ino
+
+
+def test_file_sha256_reports_each_chunk(tmp_path):
+    import hashlib
+
+    from atlas_ramp._io import file_sha256
+
+    path = tmp_path / "blob.bin"
+    path.write_bytes(bytes(range(256)) * 40)
+    seen = []
+    assert file_sha256(path, seen.append, chunk_size=1000) == (
+        hashlib.sha256(path.read_bytes()).hexdigest()
+    )
+    assert sum(seen) == 10240 and len(seen) == 11

@@ -37,7 +37,7 @@ from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
 
-from .._io import staging_folder, swap_into_place
+from .._io import file_sha256, staging_folder, swap_into_place
 from ..atlas_release import ATLAS_ARCHIVE_NAME, ATLAS_SHA256, ATLAS_URL
 from ..bids import DataError
 from .download import DOWNLOAD_RETRIES, ResumableDownload, human_size
@@ -91,12 +91,9 @@ def _check_head(head: bytes, password: str, name: str) -> None:
 
 
 def _sha256_of_file(path: Path, progress: bool) -> str:
-    hasher = hashlib.sha256()
     size = path.stat().st_size
     with _progress_bar(size, f"SHA-256 of {path.name}", progress) as bar:
-        for chunk in _read_file(path, bar):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+        return file_sha256(path, on_chunk=bar.update, chunk_size=CHUNK_SIZE)
 
 
 def _download(download: ResumableDownload, password: str, progress: bool) -> str:
@@ -121,15 +118,28 @@ def _download(download: ResumableDownload, password: str, progress: bool) -> str
     return hasher.hexdigest()
 
 
-def _verify_checksum(digest: str, expected: str | None, name: str) -> bool:
-    """True if ``digest`` is the expected one; False if there is none to compare."""
+def _verify_checksum(
+    digest: str, expected: str | None, name: str, downloaded: bool = False
+) -> bool:
+    """True if ``digest`` is the expected one; False if there is none to compare.
+
+    ``downloaded``: the file was just downloaded (and will be deleted), so the
+    advice is to run again, not to download it by hand.
+    """
     if expected is None:
         return False
     if digest != expected:
+        advice = (
+            "The downloaded file was deleted; run again to download it afresh "
+            "(with --skip-checksum if this address serves another release that "
+            "you trust)."
+            if downloaded
+            else "Download it again, or pass --skip-checksum if you trust this release."
+        )
         raise ChecksumError(
             f"The SHA-256 of {name} is {digest}, expected {expected}: the file is "
-            "damaged or truncated, or is another release. Nothing was installed. "
-            "Download it again, or pass --skip-checksum if you trust this release."
+            f"damaged or truncated, or is another release. Nothing was installed. "
+            f"{advice}"
         )
     return True
 
@@ -330,7 +340,7 @@ def install_atlas(
                 )
             digest = _download(download, password, progress)
             path = download.part_path
-        verified = _verify_checksum(digest, expected, name)
+        verified = _verify_checksum(digest, expected, name, download is not None)
         _unpack(path, password, staging / "extracted", name, verified, progress)
         rows = lay_out_release(
             staging / "extracted",
@@ -353,7 +363,12 @@ def install_atlas(
             f"Interrupted: nothing was installed in {output}, and what was there is "
             f"untouched.{kept} Run the command again to finish."
         ) from interrupt
-    except (CorruptArchiveError, UnsafeArchiveError, ChecksumError) as error:
+    except ChecksumError:
+        if download is not None:  # its message says so
+            download.close()
+            download.discard()
+        raise
+    except (CorruptArchiveError, UnsafeArchiveError) as error:
         if download is None:
             raise
         download.close()
