@@ -214,11 +214,11 @@ def evaluate(
     )
     name = submission_dir.name
     scores = {score: float(table[score].mean()) for score in SCORE_NAMES}
-    if per_subject_csv is None:
-        per_subject_csv = (
-            Path(output) / "per_subject.csv" if output else "per_subject.csv"
-        )
-    per_subject_csv = write_per_subject_csv(per_subject_csv, {name: table})
+    # The report writes its own per_subject.csv: written here only elsewhere.
+    in_report = Path(output) / "per_subject.csv" if output is not None else None
+    per_subject_csv = Path(per_subject_csv or in_report or "per_subject.csv")
+    if per_subject_csv != in_report:
+        write_per_subject_csv(per_subject_csv, {name: table})
     report = None
     if output is not None:
         cases = []
