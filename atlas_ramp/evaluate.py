@@ -140,7 +140,9 @@ def _predicted_subjects(model, X: ImageSequence, batch_size: int, progress: bool
             batch = X[start : start + batch_size]
             predictions = predict_sparse(model, batch, batch_size)
             for subject, prediction in zip(batch.subjects, predictions, strict=True):
-                truth = load_mask(subject, X.voxel_volume_ml, X.cache_dir)
+                truth = load_mask(
+                    subject, X.volume_shape, X.voxel_volume_ml, X.cache_dir
+                )
                 yield subject.subject_id, subject.cohort, truth, prediction
                 bar.update(1)
 

@@ -139,31 +139,51 @@ class VolumeCache:
             )
 
     def load(self, path: Path, dtype=np.float32) -> np.ndarray:
-        """Load a volume, from the cache when it is fresh."""
+        """Load a volume, from the cache when it is fresh.
+
+        A cached volume comes as a private (copy-on-write) memory map: pages
+        come straight from the OS page cache, with no copy; writing to the
+        array changes this array only, never the cache file.
+        """
+        return self.cached(path, "", lambda: _read_nifti(Path(path), dtype), mmap=True)
+
+    def cached(self, path: Path, kind: str, compute, mmap: bool = False) -> np.ndarray:
+        """An array derived from the file ``path``, computed once and cached.
+
+        Parameters
+        ----------
+        path : path
+            The source file; its size and modification time are the key.
+        kind : str
+            Suffix that tells this array from others of the same source
+            (``""``: the volume itself; ``".idx"``: a mask's voxel indices).
+        compute : callable
+            Makes the array when the cache has none, or a stale one.
+        mmap : bool
+            Map a cached array rather than read it.
+        """
         path = Path(path)
         if self.cache_dir is None:
-            return _read_nifti(path, dtype)
+            return compute()
         stem = _cache_stem(self.cache_dir, path)
-        array_file, meta_file = stem.with_suffix(".npy"), stem.with_suffix(".json")
+        array_file = stem.with_suffix(f"{kind}.npy")
+        meta_file = stem.with_suffix(f"{kind}.json")
         signature = _source_signature(path)
         try:
             if json.loads(meta_file.read_text()) == signature:
-                # A private (copy-on-write) memory map: pages come straight from
-                # the OS page cache, with no copy; writing to the array changes
-                # this array only, never the cache file.
-                return np.asarray(np.load(array_file, mmap_mode="c"))
+                return np.asarray(np.load(array_file, mmap_mode="c" if mmap else None))
         except (OSError, ValueError):
             pass  # missing, stale or damaged entry: rebuild it
-        volume = _read_nifti(path, dtype)
+        array = compute()
         if not self._usable():
             self._warn_read_only()
-            return volume
+            return array
         try:
-            _save_npy(array_file, volume)
+            _save_npy(array_file, array)
             atomic_write_text(meta_file, json.dumps(signature))
         except OSError:
             self._warn_read_only()
-        return volume
+        return array
 
 
 class ImageSequence(Sequence):
@@ -297,30 +317,19 @@ def _load_mask_array(path: Path) -> np.ndarray:
     return volume > 0.5
 
 
-def load_mask(subject: Subject, voxel_volume_ml: float, cache_dir=None) -> SparseMask:
-    """Read one subject's lesion mask as a :class:`SparseMask` (cached)."""
+def load_mask(
+    subject: Subject, shape, voxel_volume_ml: float, cache_dir=None
+) -> SparseMask:
+    """Read one subject's lesion mask as a :class:`SparseMask` (cached).
+
+    ``shape`` is the grid of the split, which every mask was checked to be on
+    when the split was read (:mod:`atlas_ramp.grids`).
+    """
     path = Path(subject.mask_path)
-    shape = tuple(read_header(path).shape)
-    if cache_dir is not None:
-        stem = _cache_stem(Path(cache_dir), path)
-        index_file, meta_file = (
-            stem.with_suffix(".idx.npy"),
-            stem.with_suffix(".idx.json"),
-        )
-        signature = _source_signature(path)
-        try:
-            if json.loads(meta_file.read_text()) == signature:
-                return SparseMask(np.load(index_file), shape, voxel_volume_ml)
-        except (OSError, ValueError):
-            pass
-    mask = SparseMask.from_dense(_load_mask_array(path), voxel_volume_ml)
-    if cache_dir is not None and VolumeCache(cache_dir)._usable():
-        try:
-            _save_npy(index_file, mask.indices)
-            atomic_write_text(meta_file, json.dumps(signature))
-        except OSError:
-            pass
-    return mask
+    indices = VolumeCache(cache_dir).cached(
+        path, ".idx", lambda: np.flatnonzero(_load_mask_array(path)).astype(np.int32)
+    )
+    return SparseMask(indices, shape, voxel_volume_ml)
 
 
 def load_masks(X: ImageSequence) -> np.ndarray:
@@ -337,7 +346,8 @@ def load_masks(X: ImageSequence) -> np.ndarray:
             "Testing); it cannot be used for training or scoring."
         )
     return object_array(
-        load_mask(subject, X.voxel_volume_ml, X.cache_dir) for subject in X.subjects
+        load_mask(subject, X.volume_shape, X.voxel_volume_ml, X.cache_dir)
+        for subject in X.subjects
     )
 
 
