@@ -520,7 +520,7 @@ def test_checksum_mismatch_installs_nothing(release, existing_data):
 
 def test_checksum_mismatch_discards_the_download(release, existing_data, server):
     server.payload = release["archive"].read_bytes()
-    with pytest.raises(ChecksumError, match="download it afresh"):
+    with pytest.raises(ChecksumError, match="download it afresh") as raised:
         install_atlas(
             existing_data,
             url=server.url,
@@ -529,6 +529,8 @@ def test_checksum_mismatch_discards_the_download(release, existing_data, server)
             expected_sha256="0" * 64,
             progress=False,
         )
+    # The file is gone: no advice to download it by hand or keep it.
+    assert "Download it again" not in str(raised.value)
     assert not (
         existing_data
         / archive.DOWNLOADS_DIR_NAME
