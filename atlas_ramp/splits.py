@@ -51,6 +51,22 @@ def _per_cohort_counts(cohorts: np.ndarray, fraction: float, rng) -> dict:
     return dict(zip(names, counts, strict=True))
 
 
+def _draw_per_stratum(ids: np.ndarray, strata: np.ndarray, fraction: float, rng):
+    """Draw ``fraction`` of the subjects of each stratum (cohort) at random.
+
+    Returns
+    -------
+    held_out : list of str
+    counts : dict of str to int
+        How many were drawn from each stratum (:func:`_per_cohort_counts`).
+    """
+    counts = _per_cohort_counts(strata, fraction, rng)
+    held_out = []
+    for stratum, count in counts.items():
+        held_out.extend(rng.permutation(ids[strata == stratum])[:count].tolist())
+    return held_out, counts
+
+
 def stratified_holdout(
     subject_ids: Sequence[str],
     cohorts: Sequence[str],
@@ -82,11 +98,7 @@ def stratified_holdout(
     ids = np.asarray(subject_ids)[order]
     groups = np.asarray(cohorts)[order]
     rng = np.random.default_rng(seed)
-    counts = _per_cohort_counts(groups, test_fraction, rng)
-    test = []
-    for cohort, count in counts.items():
-        members = ids[groups == cohort]
-        test.extend(rng.permutation(members)[:count].tolist())
+    test, _ = _draw_per_stratum(ids, groups, test_fraction, rng)
     test_set = set(test)
     train = [s for s in ids.tolist() if s not in test_set]
     return sorted(train), sorted(test)
@@ -164,11 +176,9 @@ class CohortStratifiedShuffleSplit:
         strata = np.array([POOLED_STRATUM if c in singletons else c for c in cohorts])
         rng = np.random.default_rng(self.random_state)
         for _ in range(self.n_splits):
-            counts = _per_cohort_counts(strata, self.test_size, rng)
-            valid_subjects = []
-            for stratum, count in counts.items():
-                members = subjects[strata == stratum]
-                valid_subjects.extend(rng.permutation(members)[:count].tolist())
+            valid_subjects, counts = _draw_per_stratum(
+                subjects, strata, self.test_size, rng
+            )
             if not valid_subjects:
                 # Only when the share rounds to no subject: validate one subject
                 # of the largest stratum (it keeps training subjects).
