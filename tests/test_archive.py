@@ -759,10 +759,7 @@ def test_an_archive_encrypted_another_way_is_named_as_such(
             pytest.skip("openssl not installed")
         openssl_encrypt(release["tar_gz"], made, "-a", *option.split())
     else:
-        derivation = {"-pbkdf2": "pbkdf2", "-md md5": "md-md5"}[option]
-        encrypt_openssl_file(
-            release["tar_gz"], made, PASSWORD, key_derivation=derivation
-        )
+        encrypt_openssl_file(release["tar_gz"], made, PASSWORD, key_derivation=option)
     before = snapshot(existing_data)
     monkeypatch.setenv("ATLAS_PASSWORD", PASSWORD)
     argv = ["--atlas", "--archive", str(made), "--force", "--quiet"]
@@ -778,7 +775,7 @@ def test_an_archive_encrypted_another_way_is_named_as_such(
 
 def test_a_wrong_password_says_the_format_may_be_another(release, tmp_path):
     made = encrypt_openssl_file(
-        release["tar_gz"], tmp_path / "x.enc", PASSWORD, key_derivation="pbkdf2"
+        release["tar_gz"], tmp_path / "x.enc", PASSWORD, key_derivation="-pbkdf2"
     )
     with pytest.raises(WrongPasswordError) as raised:
         install_atlas(tmp_path / "data", made, password="wrong", progress=False)

@@ -85,6 +85,17 @@ def pbkdf2_key(password: bytes, salt: bytes) -> tuple[bytes, bytes]:
     return derived[:KEY_LENGTH], derived[KEY_LENGTH:]
 
 
+#: How ``openssl enc`` turns a password and salt into key and IV, by option:
+#: ATLAS's first, then the usual others (to name them when a file uses one).
+KEY_DERIVATIONS = {
+    "-md sha256": evp_bytes_to_key,
+    "-pbkdf2": pbkdf2_key,  # 10,000 rounds of SHA-256
+    "-md md5": lambda password, salt: evp_bytes_to_key(password, salt, digest="md5"),
+}
+#: The one the ATLAS archive uses.
+ATLAS_KEY_DERIVATION = "-md sha256"
+
+
 def _encoded(password: str | bytes) -> bytes:
     return password.encode("utf-8") if isinstance(password, str) else password
 
@@ -264,12 +275,10 @@ def check_password(head: bytes, password: str | bytes, *, name: str) -> None:
     password = _encoded(password)
     if _starts_like_gzip(*evp_bytes_to_key(password, salt), block):
         return
-    others = {
-        "-pbkdf2": lambda: pbkdf2_key(password, salt),
-        "-md md5": lambda: evp_bytes_to_key(password, salt, digest="md5"),
-    }
-    for option, derive in others.items():
-        if _starts_like_gzip(*derive(), block):
+    for option, derive in KEY_DERIVATIONS.items():
+        if option != ATLAS_KEY_DERIVATION and _starts_like_gzip(
+            *derive(password, salt), block
+        ):
             raise NotAtlasFormatError(
                 f"{name} was encrypted with 'openssl enc {option}', not in the "
                 "format of the ATLAS archive ('openssl enc -aes-256-cbc -md "

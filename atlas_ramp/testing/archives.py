@@ -22,19 +22,14 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from ..archive.openssl import (
     AES_BLOCK,
+    ATLAS_KEY_DERIVATION,
     GZIP_MAGIC,
+    KEY_DERIVATIONS,
     SALT_HEADER,
     evp_bytes_to_key,
-    pbkdf2_key,
 )
 
 CHUNK_SIZE = 1 << 20
-#: The key derivations of ``openssl enc`` this module can write.
-KEY_DERIVATIONS = {
-    "md-sha256": evp_bytes_to_key,  # -md sha256: ATLAS's
-    "pbkdf2": pbkdf2_key,  # -pbkdf2 (10,000 rounds of SHA-256): not ATLAS's
-    "md-md5": lambda password, salt: evp_bytes_to_key(password, salt, digest="md5"),
-}
 
 
 def encrypt_openssl_stream(
@@ -43,7 +38,7 @@ def encrypt_openssl_stream(
     *,
     base64: bool = True,
     salt: bytes | None = None,
-    key_derivation: str = "md-sha256",
+    key_derivation: str = ATLAS_KEY_DERIVATION,
 ) -> Iterator[bytes]:
     """Encrypt like ``openssl enc -aes-256-cbc -md sha256 -salt [-a]``.
 
@@ -60,9 +55,11 @@ def encrypt_openssl_stream(
         Write base64 text with 64-character lines (``-a``), else binary.
     salt : bytes, optional
         8 bytes; random by default (as OpenSSL does). Fix it for reproducible files.
-    key_derivation : {"md-sha256", "pbkdf2", "md-md5"}
-        ``"pbkdf2"`` writes what ``openssl enc -pbkdf2`` does instead, ``"md-md5"``
-        what ``-md md5`` (the default before OpenSSL 1.1) does.
+    key_derivation : {"-md sha256", "-pbkdf2", "-md md5"}
+        The ``openssl enc`` option (see ``archive.openssl.KEY_DERIVATIONS``):
+        ``"-pbkdf2"`` writes what ``openssl enc -pbkdf2`` does instead of ATLAS's
+        format, ``"-md md5"`` what ``-md md5`` (the default before OpenSSL 1.1)
+        does.
 
     Yields
     ------
