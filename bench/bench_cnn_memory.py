@@ -2,11 +2,12 @@
 
 The small CNN trains on 2 mm voxels. The previous version held every training
 volume in memory at 2 mm (image, mirror and template channels, lesion
-fraction, head indices); this one keeps a head mask (a bit a voxel), two
-numbers and the sparse lesion voxels per subject, and cuts each patch from the
-memory-mapped volume cache when it is drawn. The rule (issue 13): at most 1 MB
-more per training subject, so that ATLAS's 524 training subjects of a fold fit
-in 4 GB.
+fraction, head indices, about 9.5 MB a subject); this one keeps a head mask
+(a bit a voxel), the head's mean, sd and histogram landmarks, a coarse bias
+field and the sparse lesion voxels per subject (about 220 kB), and cuts each
+patch from the memory-mapped volume cache when it is drawn. The rule (issue
+13): at most 1 MB more per training subject, so that ATLAS's 524 training
+subjects of a fold fit in 4 GB.
 
 It builds a synthetic sample at 2 mm (the working grid, 99 x 117 x 95) in a
 temporary folder, fills the volume cache, then fits, in a fresh child process
