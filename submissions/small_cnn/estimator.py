@@ -99,7 +99,9 @@ of bias correction: fading training lesions towards grey matter (valid
 0.621, unseen 0.352), head-wide bias fields in augmentation with stronger
 contrast curves (0.598, 0.262), 30 epochs instead of 20 (0.664, 0.328),
 ranks (0.556 and 0.615, 0.413 and 0.375), z-scores and ranks as two channels
-each (0.680 and 0.625, 0.335 and 0.251).
+each (0.680 and 0.625, 0.335 and 0.251); on top of standardization, half of
+the patches without intensity augmentation (0.615 and 0.650, 0.332 and
+0.309).
 
 Scores and cost (default synthetic sample, 1 mm, 2-core CPU)
 ------------------------------------------------------------
