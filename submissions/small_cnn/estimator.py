@@ -365,46 +365,84 @@ def mirrored_coordinates(coordinates, data_side_x, factor):
     return [data_side_x / factor - 1 - np.asarray(x, np.float32), *others]
 
 
+def corrected_pooled(volume, factor, correct_bias=True):
+    """Pool a volume to working resolution and divide it by its bias field.
+
+    Returns
+    -------
+    corrected : ndarray of float32
+        The pooled, bias-corrected volume.
+    head : ndarray of bool
+        Where the head is.
+    statistics : (float, float)
+        Mean and sd of the head's corrected intensities (for z-scores).
+    log_bias : ndarray of float32
+        The log bias field on its coarse grid (zero without ``correct_bias``),
+        kept to correct patches and the mirror the same way.
+    """
+    pooled = downsample(volume, factor)
+    rounds = 4 if correct_bias else 0  # no round: a zero field
+    log_bias = white_matter_bias(pooled, head_mask(pooled), rounds=rounds)
+    corrected = pooled / np.exp(bias_on_grid(log_bias, pooled.shape))
+    head, mean, sd = pooled_statistics(corrected)
+    return corrected, head, (mean, sd), log_bias
+
+
+def corrected_mirror(volume, factor, log_bias):
+    """The left-right mirror at working resolution, corrected by the mirrored bias.
+
+    Mirrored at 1 mm, then pooled: the MNI grid is symmetric about its middle
+    x voxel, so the pooled mirror lines up with the pooled image.
+    """
+    mirror = downsample(volume[::-1], factor)
+    mirrored = mirrored_coordinates(np.indices(mirror.shape), volume.shape[0], factor)
+    return mirror / np.exp(bias_on(log_bias, mirrored))
+
+
+def z_scored_channels(volume, factor, mirror_channel=True, correct_bias=True):
+    """Corrected image (and mirror), z-scored inside the head and clipped to +-5.
+
+    Returns
+    -------
+    image : ndarray of float32, shape (1 or 2, x, y, z)
+    head : ndarray of bool
+    statistics, log_bias
+        As :func:`corrected_pooled` returns them.
+    """
+    corrected, head, (mean, sd), log_bias = corrected_pooled(
+        volume, factor, correct_bias
+    )
+    channels = [corrected]
+    if mirror_channel:
+        channels.append(corrected_mirror(volume, factor, log_bias))
+    # The mirror is scaled like the image, so that the two compare.
+    image = np.clip((np.stack(channels) - mean) / sd, -5.0, 5.0)
+    return image.astype(np.float32), head, (mean, sd), log_bias
+
+
 def prepare(
     volume,
     factor,
     template=None,
     mirror_channel=True,
     correct_bias=True,
-    log_bias=None,
     standard_landmarks=None,
 ):
-    """Pool a volume to working resolution and z-score it inside the head.
+    """Pool a volume to working resolution, correct and normalize it.
 
     Returns
     -------
     image : ndarray of float32, shape (channels, x, y, z)
-        Normalized intensities (scanners and cohorts scale them differently);
-        with ``mirror_channel``, the left-right mirror image as a second
-        channel: most strokes are one-sided, so a lesion looks unlike its
-        mirror, while ventricles and sulci are about symmetric; then the
-        template, when given.
+        Bias-corrected intensities, z-scored inside the head (scanners and
+        cohorts scale them differently) and, given ``standard_landmarks``,
+        histogram-standardized; with ``mirror_channel``, the left-right
+        mirror image as a second channel: most strokes are one-sided, so a
+        lesion looks unlike its mirror, while ventricles and sulci are about
+        symmetric; then the template, when given.
     head : ndarray of bool, shape (x, y, z)
         Where the head is: prediction only looks at the box around it.
     """
-    pooled = downsample(volume, factor)
-    head = head_mask(pooled)
-    if log_bias is None:
-        log_bias = white_matter_bias(pooled, head, rounds=4 if correct_bias else 0)
-    channels = [pooled / np.exp(bias_on_grid(log_bias, pooled.shape))]
-    if mirror_channel:
-        # Mirror at 1 mm, then pool: the MNI grid is symmetric about its
-        # middle x voxel, so the pooled mirror lines up with the pooled image.
-        # Its bias is the mirrored bias.
-        mirrored = mirrored_coordinates(
-            np.indices(pooled.shape), volume.shape[0], factor
-        )
-        channels.append(
-            downsample(volume[::-1], factor) / np.exp(bias_on(log_bias, mirrored))
-        )
-    head, mean, sd = pooled_statistics(channels[0])
-    # The mirror is scaled like the image, so that the two compare.
-    image = np.clip((np.stack(channels) - mean) / sd, -5.0, 5.0)
+    image, head, _, _ = z_scored_channels(volume, factor, mirror_channel, correct_bias)
     if standard_landmarks is not None:
         image = standardize_histogram(
             image, head_landmarks(image[0], head), standard_landmarks
@@ -546,7 +584,7 @@ def pooled_lesions(indices, data_shape, factor):
     """
     data_shape = np.asarray(data_shape)
     shape = -(-data_shape // factor)
-    blocks = np.unravel_index(indices, data_shape) // np.int64(factor)
+    blocks = np.stack(np.unravel_index(indices, tuple(data_shape))) // factor
     flat = np.ravel_multi_index(tuple(blocks), tuple(shape))
     counts = np.bincount(flat, minlength=int(np.prod(shape))).reshape(shape)
     # Voxels per block: factor**3, fewer at the far edge of an odd side.
@@ -603,17 +641,13 @@ class TrainingSubjects:
             self.stored_images = []
         for i in range(len(X)):
             volume = X[i]
-            pooled = downsample(volume, factor)
-            self.shape, self.data_side_x = pooled.shape, volume.shape[0]
-            log_bias = white_matter_bias(
-                pooled, head_mask(pooled), rounds=4 if correct_bias else 0
+            image, head, statistics, log_bias = z_scored_channels(
+                volume, factor, self.stored_images is not None, correct_bias
             )
+            self.shape, self.data_side_x = head.shape, volume.shape[0]
             self.log_biases.append(log_bias)
-            corrected = pooled / np.exp(bias_on_grid(log_bias, pooled.shape))
-            head, mean, sd = pooled_statistics(corrected)
-            self.statistics.append((mean, sd))
-            z_scored = np.clip((corrected - mean) / sd, -5.0, 5.0)
-            self.landmarks.append(head_landmarks(z_scored, head))
+            self.statistics.append(statistics)
+            self.landmarks.append(head_landmarks(image[0], head))
             self.head_bits.append(np.packbits(head.ravel()))
             corners = np.argwhere(head) if head.any() else np.zeros((1, 3), int)
             self.head_boxes.append((corners.min(axis=0), corners.max(axis=0) + 1))
@@ -624,7 +658,6 @@ class TrainingSubjects:
             self.lesion_fractions.append(fractions)
             self.lesion_starts.append(starts)
             if self.stored_images is not None:
-                image, _ = prepare(volume, factor, log_bias=log_bias)
                 self.stored_images.append(image.astype(np.float16))
 
     def held_bytes(self):
@@ -662,11 +695,7 @@ class TrainingSubjects:
         window_1mm = tuple(slice(c * f, (c + size) * f) for c in corner)
         # Blocks start at multiples of f: the same pooling as the whole volume.
         image = downsample(volume[window_1mm], f)
-        grid = [
-            c + np.arange(side).reshape([-1 if a == axis else 1 for a in range(3)])
-            for axis, (c, side) in enumerate(zip(corner, image.shape, strict=True))
-        ]
-        grid = np.broadcast_arrays(*grid)
+        grid = np.indices(image.shape) + np.reshape(corner, (3, 1, 1, 1))
         log_bias = self.log_biases[subject]
         channels = [image / np.exp(bias_on(log_bias, grid))]
         if mirror_channel:
