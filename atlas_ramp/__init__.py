@@ -35,6 +35,8 @@ Looking at results
     * :mod:`atlas_ramp.export`: predictions as BIDS lesion masks.
 
 On a RAMP server (ramp-board; the server's environment only)
+    * :mod:`atlas_ramp.event_kit`: what an event serves (the kit folder and its zip,
+      no data) and the course data, with the data-use-agreement checks;
     * :mod:`atlas_ramp.server`: deploy an event, launch the dispatcher;
     * :mod:`atlas_ramp.ramp_worker`: ramp-engine workers that need no conda.
 

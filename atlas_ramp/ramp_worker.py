@@ -36,7 +36,7 @@ from ramp_engine.local import CondaEnvWorker
 from ramp_engine.remote import DaskWorker, _check_dask_workers_single_machine
 from ramp_utils import read_config
 
-from .server import DeployError
+from .event_kit import DeployError
 
 _REQUIRED = ("kit_dir", "data_dir", "submissions_dir", "logs_dir", "predictions_dir")
 

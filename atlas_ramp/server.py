@@ -19,12 +19,13 @@ One command writes all of them and then runs ramp-board's own deployment
 (its ``train`` trains the submissions, its ``test`` ranks them); ``--synthetic
 N_TRAIN N_TEST`` builds a synthetic sample instead, for a demo course.
 
-The kit folder holds the kit's code, the baselines and the starting-kit notebook
-under the name ramp-board wants (``atlas_stroke_starting_kit.ipynb``, a copy of
-``starting_kit.ipynb``), and **no data**: ``deploy-event`` zips that folder and
-ramp-frontend serves the zip without login, so any NIfTI file in it would give
-ATLAS data to people who never signed the data use agreement. The command refuses
-to deploy a kit folder holding one, and checks the zip after deployment.
+The kit folder holds the kit's code, the baselines and the starting-kit notebook,
+and **no data**: ``deploy-event`` zips that folder and ramp-frontend serves the
+zip without login, so any NIfTI file in it would give ATLAS data to people who
+never signed the data use agreement. The command refuses to deploy a kit folder
+holding one, and checks the zip after deployment. What the kit folder and the
+data folder hold, and these checks, are in :mod:`atlas_ramp.event_kit`; this
+module deploys them on ramp-board.
 
 Every check (event name, database, data) runs before anything is written; new
 folders are built under temporary names and renamed into place; existing kit,
@@ -44,32 +45,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import zipfile
 from pathlib import Path
 
-from ._io import link_or_copy, staging_folder
-from .bids import DataError, find_subjects
-
-PROBLEM_NAME = "atlas_stroke"
-NOTEBOOK = f"{PROBLEM_NAME}_starting_kit.ipynb"
-MIN_SECONDS_BETWEEN_SUBMISSIONS = 900
-KIT_FILES = ("problem.py", "download_data.py", "requirements.txt", "pyproject.toml")
-KIT_FOLDERS = ("atlas_ramp", "submissions")
-_KIT_IGNORE = shutil.ignore_patterns(
-    "training_output", "__pycache__", "*.egg-info", ".cache", "data", "*.nii*"
+from .bids import DataError
+from .event_kit import (
+    PROBLEM_NAME,
+    DeployError,
+    build_data,
+    build_kit,
+    check_course_data,
+    check_kit_has_no_data,
+    check_zip_has_no_data,
 )
-REPO = Path(__file__).resolve().parents[1]
 
-
-class DeployError(ValueError):
-    """A deployment that cannot go ahead; the message says what to do."""
-
-
-def is_nifti(name: str) -> bool:
-    """Whether a file name is a NIfTI image (``.nii`` or ``.nii.gz``)."""
-    return name.lower().endswith((".nii", ".nii.gz"))
+MIN_SECONDS_BETWEEN_SUBMISSIONS = 900
 
 
 def check_event_name(event: str) -> None:
@@ -79,73 +69,6 @@ def check_event_name(event: str) -> None:
             f"--event {event!r}: ramp-board needs event names that start with the "
             f"problem name, e.g. '{PROBLEM_NAME}_course2026'."
         )
-
-
-def check_kit_has_no_data(kit_dir: Path | str) -> None:
-    """Refuse a kit folder that holds (or links to) a NIfTI image.
-
-    Raises
-    ------
-    DeployError
-        Naming the first NIfTI file or folder link found.
-    """
-    kit_dir = Path(kit_dir)
-    for root, folders, files in os.walk(kit_dir, followlinks=True):
-        for name in folders:
-            if (Path(root) / name).is_symlink():
-                raise DeployError(
-                    f"{Path(root) / name} is a link to a folder inside the kit folder "
-                    f"{kit_dir}, which ramp-frontend serves to anyone: remove it. "
-                    "Data goes to ramp-data/, never to the kit."
-                )
-        for name in files:
-            if is_nifti(name):
-                raise DeployError(
-                    f"{Path(root) / name} is an image inside the kit folder {kit_dir}, "
-                    "which ramp-frontend serves to anyone without login. Under the "
-                    "ATLAS data use agreement, remove it: students receive the public "
-                    "data separately, the server's data lives in ramp-data/."
-                )
-
-
-def check_zip_has_no_data(archive: Path | str) -> None:
-    """Refuse a starting-kit zip holding a NIfTI image (it is then deleted)."""
-    with zipfile.ZipFile(archive) as zipped:
-        leaked = [name for name in zipped.namelist() if is_nifti(name)]
-    if leaked:
-        Path(archive).unlink()
-        raise DeployError(
-            f"{archive} held {len(leaked)} NIfTI files ({leaked[0]}, ...); it has been "
-            "deleted. Remove the images from the kit folder and deploy again."
-        )
-
-
-def check_course_data(data_dir: Path | str) -> dict[str, int]:
-    """Check a server data folder: labelled subjects in ``train/`` and ``test/``.
-
-    Returns
-    -------
-    dict
-        The number of subjects of each split.
-
-    Raises
-    ------
-    DataError
-        A missing split, or a subject without a lesion mask.
-    """
-    data_dir = Path(data_dir)
-    counts = {}
-    for split in ("train", "test"):
-        subjects = find_subjects(data_dir / split)
-        unlabelled = [s for s in subjects if s.mask_path is None]
-        if unlabelled:
-            raise DataError(
-                f"{unlabelled[0].t1w_path} has no lesion mask: the server trains and "
-                f"grades on masks. Pass the private folder written by `python -m "
-                f"atlas_ramp.instructor --private ...` (labelled train/ and test/)."
-            )
-        counts[split] = len(subjects)
-    return counts
 
 
 def read_database_config(config: Path | str) -> dict:
@@ -183,72 +106,6 @@ def read_database_config(config: Path | str) -> dict:
             "`createdb`), or correct the file."
         ) from error
     return database
-
-
-def build_kit(destination: Path, repo: Path = REPO) -> None:
-    """Write the served kit folder (no data) at ``destination``, via a rename."""
-    stage = staging_folder(destination.parent, ".kit-")
-    try:
-        kit = stage / destination.name
-        kit.mkdir()
-        for name in KIT_FILES:
-            shutil.copy2(repo / name, kit / name)
-        for name in KIT_FOLDERS:
-            shutil.copytree(repo / name, kit / name, ignore=_KIT_IGNORE, symlinks=True)
-        # ramp-board wants <problem>_starting_kit.ipynb; the student's file keeps
-        # its own name in the repository.
-        shutil.copy2(repo / "starting_kit.ipynb", kit / NOTEBOOK)
-        check_kit_has_no_data(kit)
-        os.rename(kit, destination)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-def _place_tree(source: Path, target: Path) -> None:
-    """Hard-link (else copy) every file of ``source`` below ``target``."""
-    for path in sorted(source.rglob("*")):
-        if path.is_dir() or path.name.startswith(".") or ".cache" in path.parts:
-            continue
-        link_or_copy(path, target / path.relative_to(source))
-
-
-def build_data(
-    destination: Path,
-    private_data: Path | None,
-    synthetic: tuple[int, int] | None,
-    seed: int = 0,
-    downsample: int = 1,
-    n_cohorts: int = 3,
-) -> dict[str, int]:
-    """Write ``ramp-data/<problem>/data`` (train and test), via a rename.
-
-    Returns the labelled subjects of each split (:func:`check_course_data`).
-    """
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    stage = staging_folder(destination.parent, ".data-")
-    try:
-        data = stage / "data"
-        if synthetic is not None:
-            from .synthetic import build_sample
-
-            n_train, n_test = synthetic
-            build_sample(
-                data,
-                n_train=n_train,
-                n_test=n_test,
-                n_cohorts=n_cohorts,
-                seed=seed,
-                downsample=downsample,
-                progress=False,
-            )
-        else:
-            for split in ("train", "test"):
-                _place_tree(private_data / split, data / split)
-        counts = check_course_data(data)
-        os.rename(data, destination)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return counts
 
 
 def event_config_text(
@@ -586,8 +443,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the importable module's main, so that its exceptions are the ones that
-    # atlas_ramp.ramp_worker raises (not copies defined in __main__).
+    # Run the importable module's main, not this file's second copy of it
+    # (`python -m` runs the file as __main__), so that one copy of its names is used.
     from atlas_ramp.server import main as _main
 
     raise SystemExit(_main())

@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from atlas_ramp import server
+from atlas_ramp import event_kit, server
 from atlas_ramp.bids import DataError
 
 from .helpers import REPO
@@ -21,8 +21,14 @@ def test_event_names_start_with_the_problem(event):
 
 @pytest.mark.parametrize("event", ["stroke_course", "atlas_stroke", "atlas_stroke_"])
 def test_other_event_names_are_refused(event):
-    with pytest.raises(server.DeployError, match="start with the problem name"):
+    with pytest.raises(event_kit.DeployError, match="start with the problem name"):
         server.check_event_name(event)
+
+
+def test_deploy_error_is_one_class_under_both_names():
+    # Instructor code may catch atlas_ramp.server.DeployError; ramp_worker and the
+    # kit checks raise atlas_ramp.event_kit.DeployError: the same class.
+    assert server.DeployError is event_kit.DeployError
 
 
 def test_bad_event_name_fails_before_any_import_of_ramp_board(tmp_path, capsys):
@@ -35,16 +41,16 @@ def test_bad_event_name_fails_before_any_import_of_ramp_board(tmp_path, capsys):
 
 def test_served_kit_has_code_and_notebook_but_no_data(tmp_path):
     kit = tmp_path / "atlas_stroke"
-    server.build_kit(kit)
+    event_kit.build_kit(kit)
     assert (kit / "problem.py").is_file()
-    assert (kit / server.NOTEBOOK).read_bytes() == (
+    assert (kit / event_kit.NOTEBOOK).read_bytes() == (
         REPO / "starting_kit.ipynb"
     ).read_bytes()
     assert (kit / "submissions" / "starting_kit" / "estimator.py").is_file()
     assert (kit / "atlas_ramp" / "server.py").is_file()
     assert not (kit / "data").exists()
     names = [path.name for path in kit.rglob("*")]
-    assert not [name for name in names if server.is_nifti(name)]
+    assert not [name for name in names if event_kit.is_nifti(name)]
     assert "training_output" not in names and "__pycache__" not in names
     assert [path.name for path in tmp_path.iterdir()] == ["atlas_stroke"]
 
@@ -54,8 +60,8 @@ def test_images_in_the_kit_are_refused(tmp_path, small_sample):
     (kit / "data").mkdir(parents=True)
     image = next(small_sample.rglob("*_T1w.nii.gz"))
     shutil.copy(image, kit / "data" / image.name)
-    with pytest.raises(server.DeployError, match="data use agreement") as error:
-        server.check_kit_has_no_data(kit)
+    with pytest.raises(event_kit.DeployError, match="data use agreement") as error:
+        event_kit.check_kit_has_no_data(kit)
     assert image.name in str(error.value)
 
 
@@ -63,8 +69,8 @@ def test_links_to_data_in_the_kit_are_refused(tmp_path, small_sample):
     kit = tmp_path / "kit"
     kit.mkdir()
     (kit / "data").symlink_to(small_sample, target_is_directory=True)
-    with pytest.raises(server.DeployError, match="link to a folder"):
-        server.check_kit_has_no_data(kit)
+    with pytest.raises(event_kit.DeployError, match="link to a folder"):
+        event_kit.check_kit_has_no_data(kit)
 
 
 def test_a_zip_with_images_is_deleted(tmp_path):
@@ -72,32 +78,32 @@ def test_a_zip_with_images_is_deleted(tmp_path):
     with zipfile.ZipFile(archive, "w") as zipped:
         zipped.writestr("problem.py", "")
         zipped.writestr("data/train/sub-r001s001_T1w.nii.gz", b"")
-    with pytest.raises(server.DeployError, match="1 NIfTI files"):
-        server.check_zip_has_no_data(archive)
+    with pytest.raises(event_kit.DeployError, match="1 NIfTI files"):
+        event_kit.check_zip_has_no_data(archive)
     assert not archive.exists()
 
 
 def test_course_data_needs_masks(tmp_path, small_sample):
-    assert server.check_course_data(small_sample) == {"train": 12, "test": 6}
+    assert event_kit.check_course_data(small_sample) == {"train": 12, "test": 6}
     unlabelled = tmp_path / "unlabelled"
     shutil.copytree(
         small_sample, unlabelled, ignore=shutil.ignore_patterns("*_mask.nii.gz")
     )
     with pytest.raises(DataError, match="has no lesion mask"):
-        server.check_course_data(unlabelled)
+        event_kit.check_course_data(unlabelled)
     train_only = tmp_path / "train_only"
     shutil.copytree(small_sample / "train", train_only / "train")
     with pytest.raises(DataError, match="test does not exist"):
-        server.check_course_data(train_only)
+        event_kit.check_course_data(train_only)
 
 
 def test_data_folder_from_private_data_or_a_synthetic_sample(tmp_path, small_sample):
     copied = tmp_path / "copied" / "data"
-    server.build_data(copied, small_sample, None)
-    assert server.check_course_data(copied) == {"train": 12, "test": 6}
+    event_kit.build_data(copied, small_sample, None)
+    assert event_kit.check_course_data(copied) == {"train": 12, "test": 6}
     synthetic = tmp_path / "synthetic" / "data"
-    server.build_data(synthetic, None, (6, 3), downsample=4)
-    assert server.check_course_data(synthetic) == {"train": 6, "test": 3}
+    event_kit.build_data(synthetic, None, (6, 3), downsample=4)
+    assert event_kit.check_course_data(synthetic) == {"train": 6, "test": 3}
     # Nothing left beside them.
     assert [path.name for path in copied.parent.iterdir()] == ["data"]
 
