@@ -159,8 +159,9 @@ voxels of misregistration instead of 2) scored lesion F1 0.29-0.70 on the
 validation subjects and 0.08-0.18 on the unseen cohorts. The fit on all 40
 subjects above is a milder case: its Dice on the training subjects it
 calibrates on is 0.70, where good fits reach 0.85-0.89 (``fit`` prints it).
-Recomputing batch-norm statistics after training repairs only a little of
-it. Bagging five fold models, as ``ramp-test`` does, averages such blobs
+Recomputing batch-norm statistics after training, on training patches or
+on 48-voxel windows, repairs little of it: the weights themselves light
+up. Bagging five fold models, as ``ramp-test`` does, averages such blobs
 away.
 
 Training memory barely grows: peak RSS 869 MB at 40 training subjects, 893
@@ -182,8 +183,10 @@ Try next
   matter (cerebellum, cortex, beside the deep grey nuclei) they are missed,
   or a blob elsewhere is found instead.
 * Make a single fit dependable (above): find why some fits light up whole
-  heads. Suspects: batch norm on small, lesion-rich patches, and the mirror
-  and template channels' alignment at 2 mm.
+  heads. Batch-norm statistics explain little of it; suspects are the
+  share of lesion in small patches (a third instead of half of them on a
+  lesion was sound once) and the mirror and template channels' alignment
+  at 2 mm (1 or 3 voxels of misregistration both went wrong).
 * A GPU: ``get_estimator(budget="gpu")`` (wider, 5 times the patches), or
   1 mm patches around the lesions (``working_voxel_mm=1``) for sharper
   borders and small lesions. On CPU, many small patches beat a few wide
