@@ -164,11 +164,11 @@ on 48-voxel windows, repairs little of it: the weights themselves light
 up. Bagging five fold models, as ``ramp-test`` does, averages such blobs
 away.
 
-Training memory barely grows: peak RSS 869 MB at 40 training subjects, 893
-MB at 160 (2 mm sample, ``bench/bench_cnn_memory.py``: 0.20 MB a subject),
-for 218 kB of arrays held per subject. An epoch of 175 steps of 8 patches takes
-about 12 s on one core; prediction 1.5 s a subject on one core, with flip
-averaging.
+Training memory barely grows: peak RSS 869 MB at 40 training subjects,
+893 MB at 160 (2 mm sample, ``bench/bench_cnn_memory.py``: 0.20 MB a
+subject), for 218 kB of arrays held per subject. An epoch of 175 steps of 8
+patches takes about 12 s on one core; prediction 1.5 s a subject on one
+core, with flip averaging.
 
 Try next
 --------
