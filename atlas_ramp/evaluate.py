@@ -14,8 +14,10 @@ or ``data/test`` again. It
 2. predicts every subject of the folder, a few at a time
    (:func:`atlas_ramp.workflow.predict_sparse`), and scores each subject as soon
    as it is predicted, so that memory does not grow with the number of subjects;
-3. prints the four challenge scores and writes ``per_subject.csv``; with
-   ``--output DIR`` also the report of :mod:`atlas_ramp.report`.
+3. prints the four challenge scores and writes the per-subject scores
+   (``per_subject_<submission>_<folder>.csv``, so that two runs do not
+   overwrite each other's); with ``--output DIR`` also the report of
+   :mod:`atlas_ramp.report`, ``DIR/per_subject.csv`` among its tables.
 
 Command line, from the kit's folder::
 
@@ -147,6 +149,16 @@ def _predicted_subjects(model, X: ImageSequence, batch_size: int, progress: bool
                 bar.update(1)
 
 
+def default_csv_name(submission: str, folder: Path | str) -> str:
+    """Per-subject CSV name for a run without ``--output``.
+
+    Named after the submission and the scored folder
+    (``per_subject_small_cnn_generalizability.csv``), so that runs on other
+    submissions or folders, in the same working folder, keep their own file.
+    """
+    return f"per_subject_{submission}_{Path(folder).resolve().name}.csv"
+
+
 def evaluate(
     submission: str,
     data: Path | str,
@@ -174,8 +186,8 @@ def evaluate(
     output : path, optional
         Write the report (and the CSV tables) into this folder.
     per_subject_csv : path, optional
-        Default ``<output>/per_subject.csv``, or ``per_subject.csv`` without
-        ``output``.
+        Default ``<output>/per_subject.csv``, or without ``output``
+        :func:`default_csv_name` in the current folder.
     retrain : bool
         Train even if ``ramp-test`` saved a model.
     n_worst : int
@@ -218,7 +230,9 @@ def evaluate(
     scores = {score: float(table[score].mean()) for score in SCORE_NAMES}
     # The report writes its own per_subject.csv: written here only elsewhere.
     in_report = Path(output) / "per_subject.csv" if output is not None else None
-    per_subject_csv = Path(per_subject_csv or in_report or "per_subject.csv")
+    per_subject_csv = Path(
+        per_subject_csv or in_report or default_csv_name(name, folder)
+    )
     if per_subject_csv != in_report:
         write_per_subject_csv(per_subject_csv, {name: table})
     report = None
@@ -257,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, help="also write the report here")
     parser.add_argument(
-        "--csv", type=Path, help="per-subject table (default <output>/per_subject.csv)"
+        "--csv",
+        type=Path,
+        help="per-subject table (default <output>/per_subject.csv, or "
+        "per_subject_<submission>_<folder>.csv without --output)",
     )
     parser.add_argument(
         "--retrain", action="store_true", help="train even if ramp-test saved a model"

@@ -8,6 +8,7 @@ test checks that evaluate gives ramp-test's "Retrain scores" on the same data.
 import os
 import sys
 import textwrap
+from pathlib import Path
 
 import cloudpickle
 import numpy as np
@@ -93,6 +94,17 @@ def test_evaluate_scores_every_subject_in_small_batches(tiny_kit, tmp_path):
     assert (table["true_lesions_small"] == 1).all()  # 8 voxels of 4 mm: 0.51 mL
     assert "trained on all 3 subjects" in result.model
     assert result.report is None
+
+
+def test_runs_without_output_keep_their_own_csv(tiny_kit, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for folder in ("other", "train"):
+        result = evaluate("cube", tiny_kit / "data" / folder, kit=tiny_kit,
+                          progress=False)  # fmt: skip
+        assert result.per_subject_csv == Path(f"per_subject_cube_{folder}.csv")
+    other = pd.read_csv(tmp_path / "per_subject_cube_other.csv")
+    train = pd.read_csv(tmp_path / "per_subject_cube_train.csv")
+    assert len(other) == 5 and len(train) == 3
 
 
 def test_evaluate_writes_the_report(tiny_kit, tmp_path):
