@@ -58,18 +58,36 @@ class CohortProfile:
 #: were acquired at lower resolution.
 BLURRED_COHORTS = (1, 4)
 
+#: Each field of a training cohort's profile is ``low + span * u`` for a
+#: uniform ``u`` (the intensity scale: its logarithm); written once here, and
+#: :data:`TRAINING_RANGES` is derived from it.
+_TRAINING_DRAWS = {
+    "log_intensity_scale": (float(np.log(300)), 2.3),
+    "intensity_offset": (0.0, 40.0),
+    "gamma": (0.8, 0.45),
+    "gm_shift": (-0.06, 0.1),
+    "csf_shift": (-0.04, 0.1),
+    "noise": (0.015, 0.03),
+    "bias": (0.04, 0.14),
+    "blur_fwhm_mm": (1.2, 0.8),
+}
+
+
+def _training_ranges() -> dict:
+    """(low, high) of every field, from :data:`_TRAINING_DRAWS`."""
+    ranges = {
+        name: (low, round(low + span, 3))
+        for name, (low, span) in _TRAINING_DRAWS.items()
+        if name != "log_intensity_scale"
+    }
+    low, span = _TRAINING_DRAWS["log_intensity_scale"]
+    scale = (round(float(np.exp(low)), 1), round(float(np.exp(low + span)), 1))
+    return {"intensity_scale": scale, **ranges}
+
+
 #: Range of each profile field over the cohorts of :func:`make_cohort_profiles`
 #: (the train and test cohorts); blurred cohorts have 1.2-2 mm, others 0.
-TRAINING_RANGES = {
-    "intensity_scale": (300.0, round(300.0 * np.exp(2.3), 1)),
-    "intensity_offset": (0.0, 40.0),
-    "gamma": (0.8, 1.25),
-    "gm_shift": (-0.06, 0.04),
-    "csf_shift": (-0.04, 0.06),
-    "noise": (0.015, 0.045),
-    "bias": (0.04, 0.18),
-    "blur_fwhm_mm": (1.2, 2.0),
-}
+TRAINING_RANGES = _training_ranges()
 
 
 def make_cohort_profiles(n_cohorts: int, seed: int = 0) -> list[CohortProfile]:
@@ -93,19 +111,25 @@ def make_cohort_profiles(n_cohorts: int, seed: int = 0) -> list[CohortProfile]:
     rng = np.random.default_rng([int(seed), COHORT_STREAM])
     profiles = []
     for position in range(n_cohorts):
-        draws = rng.uniform(size=8)
-        blur = 1.2 + 0.8 * draws[7] if position in BLURRED_COHORTS else 0.0
+        # One uniform draw per field, in the order of _TRAINING_DRAWS (the
+        # order fixes the sample: keep it).
+        draws = dict(zip(_TRAINING_DRAWS, rng.uniform(size=8), strict=True))
+        value = {
+            name: low + span * draws[name]
+            for name, (low, span) in _TRAINING_DRAWS.items()
+        }
+        blurred = position in BLURRED_COHORTS
         profiles.append(
             CohortProfile(
                 name=f"R{position + 1:03d}",
-                intensity_scale=round(float(np.exp(np.log(300) + draws[0] * 2.3)), 1),
-                intensity_offset=round(float(40 * draws[1]), 1),
-                gamma=round(float(0.8 + 0.45 * draws[2]), 3),
-                gm_shift=round(float(-0.06 + 0.1 * draws[3]), 3),
-                csf_shift=round(float(-0.04 + 0.1 * draws[4]), 3),
-                noise=round(float(0.015 + 0.03 * draws[5]), 4),
-                bias=round(float(0.04 + 0.14 * draws[6]), 3),
-                blur_fwhm_mm=round(float(blur), 2),
+                intensity_scale=round(float(np.exp(value["log_intensity_scale"])), 1),
+                intensity_offset=round(float(value["intensity_offset"]), 1),
+                gamma=round(float(value["gamma"]), 3),
+                gm_shift=round(float(value["gm_shift"]), 3),
+                csf_shift=round(float(value["csf_shift"]), 3),
+                noise=round(float(value["noise"]), 4),
+                bias=round(float(value["bias"]), 3),
+                blur_fwhm_mm=round(float(value["blur_fwhm_mm"]), 2) if blurred else 0.0,
             )
         )
     return profiles
