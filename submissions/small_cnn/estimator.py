@@ -840,14 +840,16 @@ def head_box(head, margin):
 
 @torch.no_grad()
 def predict_probability(
-    network, image, head, device, window_size=128, overlap=0.25, windows_per_batch=4
+    network, image, head, device, window_size=16, overlap=0.5, windows_per_batch=32
 ):
     """Lesion probability of every voxel of ``image`` (working resolution).
 
     Only the box around the head is computed (about half of the MNI grid);
     outside the head the probability is 0. A box larger than ``window_size``
     is cut into overlapping windows whose probabilities MONAI blends with
-    Gaussian weights (the centre of a window sees the most context).
+    Gaussian weights (the centre of a window sees the most context). Windows
+    that hold no head voxel are not computed: they would only add weight
+    outside the head, where the probability is 0 anyway.
     """
     box = head_box(head, margin=4)
     crop = image[(slice(None), *box)]
@@ -856,13 +858,26 @@ def predict_probability(
     multiple = getattr(network, "size_multiple", 1)
     sides = [-(-side // multiple) * multiple for side in crop.shape[1:]]
     crop = torch.from_numpy(pad_to_at_least(crop, sides)).to(device)[None]
+    head_crop = pad_to_at_least(head[box], sides, "constant")
+
+    def window_probabilities(windows, places):
+        # places[k]: (batch, channel, x, y, z) slices of window k in the crop.
+        probability = torch.zeros((len(windows), 1, *windows.shape[2:]), device=device)
+        in_head = [bool(head_crop[tuple(place[2:])].any()) for place in places]
+        if any(in_head):
+            chosen = torch.tensor(in_head, device=device)
+            logits = network(channels_last(windows[chosen]))
+            probability[chosen] = torch.sigmoid(logits)
+        return probability
+
     probability = sliding_window_inference(
         crop,
         roi_size=[min(window_size, side) for side in sides],
         sw_batch_size=windows_per_batch,
-        predictor=lambda windows: torch.sigmoid(network(channels_last(windows))),
+        predictor=window_probabilities,
         overlap=overlap,
         mode="gaussian",
+        with_coord=True,
     )[0, 0]
     full = torch.zeros(head.shape, device=device)
     full[box] = probability[tuple(slice(0, part.stop - part.start) for part in box)]
@@ -943,8 +958,14 @@ class SmallUNet:
     misregistration_voxels : int
         Shift the template and mirror channels by up to this many working
         voxels against the image (registration is never perfect).
-    window_size, window_overlap, windows_per_batch : int, float, int
-        Sliding windows at prediction (the whole head at 2 mm fits in 128).
+    window_size : int or None
+        Side of the sliding windows at prediction, in working voxels; None:
+        ``patch_size``. The network then sees at prediction the context it
+        was trained on: on whole heads (128 holds one at 2 mm), some fits
+        light up false lesions everywhere.
+    window_overlap, windows_per_batch : float, int
+        Overlap of neighbouring windows (0.5: every voxel is seen in 8
+        windows, their centres weighing most), and windows per network call.
     flip_averaging : bool
         Average the predictions of the image and of its left-right flip.
     n_calibration_subjects : int
@@ -997,9 +1018,9 @@ class SmallUNet:
         histogram_standardization=True,
         intensity_augmentation=True,
         misregistration_voxels=2,
-        window_size=128,
-        window_overlap=0.25,
-        windows_per_batch=4,
+        window_size=None,
+        window_overlap=0.5,
+        windows_per_batch=32,
         flip_averaging=True,
         n_calibration_subjects=8,
         min_lesion_peak=0.9,
@@ -1197,7 +1218,8 @@ class SmallUNet:
             standard_landmarks=getattr(self, "standard_landmarks_", None),
         )
         windows = dict(
-            window_size=self.window_size,
+            # None: windows as large as the training patches (see the class).
+            window_size=self.window_size or self.patch_size,
             overlap=self.window_overlap,
             windows_per_batch=self.windows_per_batch,
         )
