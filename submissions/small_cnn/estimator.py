@@ -649,7 +649,22 @@ def lesion_indices(y, i):
     sparse = getattr(y, "sparse", None)
     if sparse is not None:
         return np.asarray(sparse[i].indices)
-    return np.flatnonzero(np.asarray(y[i]))
+    item = y[i]
+    if hasattr(item, "indices"):  # a SparseMask itself (load_split's y)
+        return np.asarray(item.indices)
+    return np.flatnonzero(np.asarray(item))
+
+
+def dense_mask(y, i):
+    """``y[i]`` as a dense boolean array, whether it is one or a SparseMask.
+
+    ``problem.get_train_data()`` gives ``y`` as an array of SparseMask; numpy
+    would turn one silently into a single ``True``, not into its voxels.
+    """
+    item = y[i]
+    if hasattr(item, "to_dense"):
+        return item.to_dense()
+    return np.asarray(item, dtype=bool)
 
 
 def pooled_lesions(indices, data_shape, factor):
@@ -1208,7 +1223,7 @@ class SmallUNet:
         dice_sums = np.zeros(len(THRESHOLDS))
         for i in subjects:
             probability = self._probability_on_data_grid(network, X[i], device)
-            truth = torch.from_numpy(np.asarray(y[i], dtype=bool)).to(device)
+            truth = torch.from_numpy(dense_mask(y, i)).to(device)
             for position, threshold in enumerate(THRESHOLDS):
                 predicted = probability >= threshold
                 total = int(predicted.sum() + truth.sum())
