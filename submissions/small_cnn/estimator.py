@@ -197,6 +197,17 @@ cores, with windows and flip averaging (0.9 s in one pass).
 
 Try next
 --------
+* Drop the mirror channel (``mirror_channel=False``): the lead of the last
+  one-fold runs, not yet checked in a full ``ramp-test``. The unseen
+  cohorts are misregistered (a rigid shift and a rotation the template and
+  the MNI midline do not share), and the mirror of a rotated image is off
+  by up to twice the rotation. Seeds 0 and 1, measured the same day on one
+  machine: without the mirror, valid Dice 0.736 and 0.675, unseen 0.532 and
+  0.494 (lesion F1 0.613, 0.573; R008 0.38, the other unseen cohorts 0.74);
+  with it, 0.727 and 0.763, 0.411 and 0.449 (F1 0.453, 0.513; R008 0.29,
+  others 0.66). +0.08 unseen Dice for -0.04 in distribution: the full run
+  must show whether bagged test Dice stays at 0.80 or more. Without the
+  template channel instead: 0.740 and 0.760, 0.436 and 0.365, no gain.
 * Where it fails (diagnosed on the 32-voxel version). In distribution, the
   test subjects with Dice 0 hold only lesions of 0.2-0.4 mL, dark ones
   (about 0.6 of the tissue around them): the network's probability there
