@@ -256,7 +256,9 @@ from scipy import ndimage
 from torch import nn
 
 from atlas_ramp.machine import available_cpus
+from atlas_ramp.masks import SparseMask
 from atlas_ramp.testmode import is_quick_test
+from atlas_ramp.volumes import MaskSequence
 
 # Repeatable CUDA convolutions. (Set here, not in fit: cloudpickle cannot
 # pickle a method that refers to torch.backends.cudnn.)
@@ -661,22 +663,7 @@ def lesion_indices(y, i):
     sparse = getattr(y, "sparse", None)
     if sparse is not None:
         return np.asarray(sparse[i].indices)
-    item = y[i]
-    if hasattr(item, "indices"):  # a SparseMask itself (load_split's y)
-        return np.asarray(item.indices)
-    return np.flatnonzero(np.asarray(item))
-
-
-def dense_mask(y, i):
-    """``y[i]`` as a dense boolean array, whether it is one or a SparseMask.
-
-    ``problem.get_train_data()`` gives ``y`` as an array of SparseMask; numpy
-    would turn one silently into a single ``True``, not into its voxels.
-    """
-    item = y[i]
-    if hasattr(item, "to_dense"):
-        return item.to_dense()
-    return np.asarray(item, dtype=bool)
+    return np.flatnonzero(np.asarray(y[i]))
 
 
 def pooled_lesions(indices, data_shape, factor):
@@ -1152,6 +1139,11 @@ class SmallUNet:
 
     # -- fit ------------------------------------------------------------------
     def fit(self, X, y):
+        if len(y) and isinstance(y[0], SparseMask):
+            # problem.get_train_data() gives the masks sparse; the workflow
+            # passes them as a MaskSequence (dense on access). Numpy would
+            # turn a SparseMask silently into a single True, so wrap it.
+            y = MaskSequence(y)
         torch.manual_seed(self.seed)
         rng = np.random.default_rng(self.seed)
         device = pick_device(self.device)
@@ -1235,7 +1227,7 @@ class SmallUNet:
         dice_sums = np.zeros(len(THRESHOLDS))
         for i in subjects:
             probability = self._probability_on_data_grid(network, X[i], device)
-            truth = torch.from_numpy(dense_mask(y, i)).to(device)
+            truth = torch.from_numpy(np.asarray(y[i], dtype=bool)).to(device)
             for position, threshold in enumerate(THRESHOLDS):
                 predicted = probability >= threshold
                 total = int(predicted.sum() + truth.sum())
