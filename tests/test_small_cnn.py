@@ -118,7 +118,7 @@ def test_pickled_model_ignores_changed_module_defaults(fitted, small_split, tmp_
     source = (SUBMISSION / "estimator.py").read_text()
     # SmallUNet.__init__'s defaults (8 spaces in: its own signature's lines).
     changes = {
-        "mirror_channel=True,": "mirror_channel=False,",
+        "mirror_channel=False,": "mirror_channel=True,",
         "window_size=None,": "window_size=16,",
         "flip_averaging=True,": "flip_averaging=False,",
         "min_lesion_peak=0.9,": "min_lesion_peak=0.99,",
