@@ -150,7 +150,11 @@ machine, with the row above re-run there as the reference: 0.727, 0.763 and
 slightly different fits from one machine to another). Without the
 template channel as well (the image alone): valid 0.751 and 0.728, unseen
 0.452 and 0.468 (seeds 0 and 1): the template helps on the unseen cohorts
-once the mirror is gone. Tried and left out, each on top
+once the mirror is gone (with the mirror and without the template: 0.740
+and 0.760, unseen 0.436 and 0.365). Up to 3 voxels of misregistration
+instead of 2 (6 mm, twice the unseen cohorts' shifts): valid 0.737 and
+0.735, unseen 0.505 and 0.509 (seeds 0 and 1, on a third machine): no
+clear gain. Tried and left out, each on top
 of bias correction: fading training lesions towards grey matter (valid
 0.621, unseen 0.352), head-wide bias fields in augmentation with stronger
 contrast curves (0.598, 0.262), 30 epochs instead of 20 (0.664, 0.328),
