@@ -143,24 +143,22 @@ no mirror channel (c)                    0.736, 0.675  0.532, 0.494  -
 (default; a third seed: 0.755, 0.551)
 =======================================  ============  ============  ========
 
-(a) Fit on all 40, scored on ``data/test``. (b) The same three fits,
-re-scored with windows (volume not measured). (c) Measured on another
-machine, with the row above re-run there as the reference: 0.727, 0.763 and
-0.676, unseen 0.411, 0.449 and 0.445 (1 core each: the same seeds give
-slightly different fits from one machine to another). Without the
-template channel as well (the image alone): valid 0.751 and 0.728, unseen
-0.452 and 0.468 (seeds 0 and 1): the template helps on the unseen cohorts
-once the mirror is gone (with the mirror and without the template: 0.740
-and 0.760, unseen 0.436 and 0.365). Up to 3 voxels of misregistration
-instead of 2 (6 mm, twice the unseen cohorts' shifts): valid 0.737 and
-0.735, unseen 0.505 and 0.509 (seeds 0 and 1, on a third machine): no
-clear gain. Tried and left out, each on top
-of bias correction: fading training lesions towards grey matter (valid
-0.621, unseen 0.352), head-wide bias fields in augmentation with stronger
-contrast curves (0.598, 0.262), 30 epochs instead of 20 (0.664, 0.328),
-ranks (0.556 and 0.615, 0.413 and 0.375), z-scores and ranks as two channels
-each (0.680 and 0.625, 0.335 and 0.251); on top of standardization, half of
-the patches without intensity augmentation (0.615 and 0.650, 0.332 and
+(a) Fit on all 40, scored on ``data/test``. (b) The same three fits, re-scored
+with windows (volume not measured). (c) Measured on another machine, against
+the row above re-run there (its figures are in the mirror bullet above: the
+same seeds give slightly different fits from one machine to another). Without
+the template channel as well (the image alone): valid 0.751 and 0.728, unseen
+0.452 and 0.468 (seeds 0 and 1): the template helps on the unseen cohorts once
+the mirror is gone (with the mirror and without the template: 0.740 and 0.760,
+unseen 0.436 and 0.365). Up to 3 voxels of misregistration instead of 2 (6 mm,
+twice the unseen cohorts' shifts): valid 0.737 and 0.735, unseen 0.505 and
+0.509 (seeds 0 and 1, on a third machine): no clear gain. Tried and left out,
+each on top of bias correction: fading training lesions towards grey matter
+(valid 0.621, unseen 0.352), head-wide bias fields in augmentation with
+stronger contrast curves (0.598, 0.262), 30 epochs instead of 20 (0.664,
+0.328), ranks (0.556 and 0.615, 0.413 and 0.375), z-scores and ranks as two
+channels each (0.680 and 0.625, 0.335 and 0.251); on top of standardization,
+half of the patches without intensity augmentation (0.615 and 0.650, 0.332 and
 0.309).
 
 Tried after that, on top of standardization, and left out (valid Dice,
