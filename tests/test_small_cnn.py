@@ -317,6 +317,28 @@ def test_weaken_unsure_lesions_halves_faint_blobs_only():
     np.testing.assert_array_equal(unchanged, probability)
 
 
+def test_fade_lesions_moves_lesion_voxels_towards_their_ring_only():
+    module = estimator_module()
+    rng = np.random.default_rng(0)
+    image = rng.normal(1.0, 0.1, (1, 20, 20, 20)).astype(np.float32)  # tissue
+    target = np.zeros((20, 20, 20), np.float32)
+    target[8:12, 8:12, 8:12] = 1.0
+    image[0][target > 0] = -2.0  # a dark lesion
+    for seed in range(10):
+        faded = module.fade_lesions(image, target, 0.8, np.random.default_rng(seed))
+        lesion = faded[0][target > 0]
+        # Fainter, at most 80% of the way to the tissue level (about 1).
+        assert (lesion >= -2.0).all() and (lesion <= -2.0 + 0.8 * 3.1).all()
+        assert lesion.mean() > -2.0
+        far = np.ones_like(target, bool)
+        far[3:17, 3:17, 3:17] = False  # beyond any blurred border
+        np.testing.assert_array_equal(faded[0][far], image[0][far])
+    np.testing.assert_array_equal(image[0][target > 0], -2.0)  # input untouched
+    no_lesion = np.zeros_like(target)
+    same = module.fade_lesions(image, no_lesion, 0.8, np.random.default_rng(3))
+    np.testing.assert_array_equal(same, image)
+
+
 def test_available_cpus_is_a_positive_count():
     assert estimator_module().available_cpus() >= 1
 

@@ -887,6 +887,32 @@ def augment_intensities(channels, relative_sd, rng):
     return np.clip((relative - 1.0) / relative_sd, -5.0, 5.0)
 
 
+def fade_lesions(image, target, max_fade, rng):
+    """Bring lesion voxels part of the way to the tissue around them.
+
+    Chronic lesions range from cavities as dark as fluid to gliotic scars
+    not far from grey matter, and some cohorts' contrast leaves them faint.
+    A fade ``u`` drawn in ``[0, max_fade]`` moves each lesion voxel's
+    intensity by ``u`` times its lesion fraction towards the median of a
+    2-voxel ring around the lesion (image channel only); the border is
+    sometimes blurred, as in more diffuse lesions. The target does not
+    change: a faint lesion is still a lesion.
+    """
+    lesion = target > 0.5
+    if max_fade <= 0 or not lesion.any():
+        return image
+    ring = ndimage.binary_dilation(lesion, iterations=2) & ~lesion & (target == 0)
+    if not ring.any():
+        return image
+    weight = target * rng.uniform(0.0, max_fade)
+    if rng.random() < 0.5:
+        weight = ndimage.gaussian_filter(weight, rng.uniform(0.3, 1.0))
+    level = np.median(image[0][ring])
+    image = image.copy()
+    image[0] += weight * (level - image[0])
+    return image
+
+
 def shift_by_up_to(array, shift, rng):
     """Roll the 3 spatial axes by random whole voxels in ``[-shift, shift]``."""
     if shift == 0:
@@ -1028,6 +1054,9 @@ class SmallUNet:
     misregistration_voxels : int
         Shift the template and mirror channels by up to this many working
         voxels against the image (registration is never perfect).
+    lesion_fade : float
+        In half of the patches, move lesion voxels up to this share of the
+        way to the tissue around them (see :func:`fade_lesions`); 0: never.
     window_size : int or None
         Side of the sliding windows at prediction, in working voxels; None:
         ``patch_size``. The network then sees at prediction the context it
@@ -1088,6 +1117,7 @@ class SmallUNet:
         histogram_standardization=True,
         intensity_augmentation=True,
         misregistration_voxels=2,
+        lesion_fade=0.0,
         window_size=None,
         window_overlap=0.5,
         windows_per_batch=32,
@@ -1111,6 +1141,7 @@ class SmallUNet:
         self.histogram_standardization = histogram_standardization
         self.intensity_augmentation = intensity_augmentation
         self.misregistration_voxels = misregistration_voxels
+        self.lesion_fade = lesion_fade
         self.window_size = window_size
         self.window_overlap = window_overlap
         self.windows_per_batch = windows_per_batch
@@ -1133,6 +1164,8 @@ class SmallUNet:
         ]
         image = subjects.image_patch(subject, corner, size, self.mirror_channel)
         target = subjects.target_patch(subject, corner, image.shape[1:])
+        if self.lesion_fade and rng.random() < 0.5:
+            image = fade_lesions(image, target, self.lesion_fade, rng)
         if self.intensity_augmentation:
             mean, sd = subjects.statistics[subject]
             image = augment_intensities(image, sd / max(mean, 1e-6), rng)
