@@ -121,7 +121,7 @@ def test_pickled_model_ignores_changed_module_defaults(fitted, small_split, tmp_
         "mirror_channel=False,": "mirror_channel=True,",
         "window_size=None,": "window_size=16,",
         "flip_averaging=True,": "flip_averaging=False,",
-        "min_lesion_peak=0.98,": "min_lesion_peak=0.6,",
+        "min_lesion_peak=0.9,": "min_lesion_peak=0.99,",
         "base_channels=8,": "base_channels=4,",
     }
     for old, new in changes.items():
