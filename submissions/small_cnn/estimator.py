@@ -195,15 +195,15 @@ Scores and cost (default synthetic sample, 1 mm, 2-core CPU)
 ``ramp-test --submission small_cnn`` (5 folds; ``bench/bench_baselines.py``
 on an idle machine): validation Dice 0.757 +- 0.061; bagged test Dice 0.822,
 lesion-wise F1 0.967, volume difference 1.33 mL, lesion-count difference
-0.19; 1,871 s (3,299 s of CPU time), peak memory 0.97 GB, on a machine about
-a quarter slower than the one that measured the rows before (an epoch took
-12 s on one core there, 11 s on two cores here). The same on that
-faster machine, with the mirror channel: 0.783 +- 0.057, 0.821, F1 0.931,
+0.19; 1,747 s (3,167 s of CPU time), peak memory 0.92 GB (the same scores
+took 1,871 s on another machine, 3,299 s of CPU time). On a machine about a
+quarter faster (an epoch took 12 s on one core there, 11-12 s on two cores
+on the later ones), with the mirror channel: 0.783 +- 0.057, 0.821, F1 0.931,
 1,539 s (2,654 s of CPU time); with one pass over the whole head instead of
 windows: 0.812, 1,245 s; with 32-voxel patches (the default before that):
 0.651, F1 0.800, 1,201 s; the version before this issue: 0.714, F1 0.916,
 1,400 s. ``ramp-test --quick-test`` (24-voxel patches, one pass): bagged
-test Dice 0.584, F1 0.477, 101 s (with the mirror, on the faster machine:
+test Dice 0.584, F1 0.477, 90 s (with the mirror, on the faster machine:
 0.336, 82 s). One model fit on all 40 training subjects (``python -m
 atlas_ramp.evaluate``): ``data/test`` Dice 0.823, F1 0.967;
 ``data/generalizability`` Dice 0.585, F1 0.649, volume difference 2.9 mL,
@@ -244,6 +244,29 @@ Try next
   grey matter (s004, s007, s009: 0.16-0.23). Without it, s002, s003 and
   s007 reach 0.58-0.76; s008 and s009 still score 0, s001 and s004 0.24
   and 0.17.
+* Pale lesions in training (``lesion_fade``, off by default). R008's lesions
+  are pale: their mean, in the z-scores the network sees, is -0.13 to -0.78
+  (sub-r008s008: -0.13, with 0.04 in a 2-voxel ring of tissue around it),
+  against -1.07 to -1.87 for the training lesions. ``lesion_fade=0.8``
+  moves, in half of the training patches, the lesion voxels a random share
+  (up to 0.8) of the way to the median of that ring; the target stays the
+  same. The faded network finds pale lesions, and also false blobs on grey
+  matter and along the midline that peak at a probability of 0.9-0.98, so it
+  needs ``min_lesion_peak=0.98`` with it. One fold, seeds 0 and 1, on one
+  machine, against the default's valid Dice 0.744 and 0.677, unseen 0.534
+  and 0.480 (unseen lesion F1 0.640 and 0.490): fading alone, valid 0.733
+  and 0.760, unseen 0.572 and 0.517 (F1 0.480, 0.525); with the 0.98 peak,
+  valid 0.782 and 0.774, unseen 0.587 and 0.552 (F1 0.596, 0.615); the 0.98
+  peak without fading, unseen 0.442 and 0.451; fading by up to 0.5, valid
+  0.705 and 0.730, unseen 0.571 and 0.548 (0.9 peak). But the full
+  ``ramp-test`` with both lost: validation Dice 0.741 +- 0.072 (fold 1:
+  0.615), bagged test Dice 0.723, lesion F1 0.862 (1,918 s), against 0.757
+  +- 0.061, 0.822 and 0.967 for the default (1,747 s), both on one machine.
+  Not a bagging effect: the fold models alone scored 0.695-0.776 on
+  ``data/test`` (mean 0.721), against 0.764-0.833 (mean 0.799) for the
+  default's. On new subjects of the training cohorts the faded models are
+  weaker, which the 8 validation subjects of one fold did not show. A
+  gentler fade, or fading fewer patches, is where to look.
 * Make every fit sound at the source, not only at prediction, so that it
   could predict in one cheaper pass and keep the sound fits' Dice. Neither
   recomputing batch-norm statistics after training nor ending on wider
