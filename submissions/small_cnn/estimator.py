@@ -229,18 +229,19 @@ Try next
 * A GPU, for the larger budget: it closes most of the unseen gap.
   ``get_estimator(budget="gpu")`` (16 base channels, 50 epochs of 2,800
   patches: 5 times the patches, about 10 times the CPU work) took 29 min a
-  fit on one CPU core. One fold, seed 0: valid Dice 0.836, unseen 0.697
-  (lesion F1 0.723; R008 0.606), against 0.737 and 0.542 for the default on
-  the same machine. Fit on all 40: ``data/test`` Dice 0.878, F1 0.966;
-  unseen Dice 0.662, F1 0.717, volume difference 2.4 mL (R008 0.564, the
-  three other cohorts 0.826), against 0.564 and 0.533 (seed 0). The wider
-  network alone, at the default's number of steps, did not do it (above):
-  the longer training does. At 29 min a fit, a 5-fold ``ramp-test`` at this
-  budget does not fit a laptop's half hour; it has not run on CUDA yet
-  (``bench/check_cnn_cuda.py`` is the check). Then 1 mm patches around the
-  lesions (``working_voxel_mm=1``) for sharper borders and small lesions. On
-  CPU, many small patches beat a few wide ones; 30 epochs of 32-voxel
-  patches instead of 20 lowered the loss but not the validation Dice.
+  fit on one CPU core. Fit on all 40, seeds 0 and 1: unseen Dice 0.662 and
+  0.691, lesion F1 0.717 and 0.754, volume difference 2.4 and 2.1 mL (R008
+  0.564 and 0.621), against 0.564 and 0.528, F1 0.533 and 0.591 for the
+  default on the same machine; ``data/test`` Dice 0.878, F1 0.966 (seed 0).
+  One fold, seed 0: valid Dice 0.836, unseen 0.697 (F1 0.723), against 0.737
+  and 0.542. The wider network alone, at the default's number of steps, did
+  not do it (below): the longer training matters. At 29 min a fit, a 5-fold
+  ``ramp-test`` at this budget does not fit a laptop's half hour; it has not
+  run on CUDA yet (``bench/check_cnn_cuda.py`` is the check). Then 1 mm
+  patches around the lesions (``working_voxel_mm=1``) for sharper borders
+  and small lesions. On CPU, many small patches beat a few wide ones; 30
+  epochs of 32-voxel patches instead of 20 lowered the loss but not the
+  validation Dice.
 * Where it fails (diagnosed on the 32-voxel version). In distribution, the
   test subjects with Dice 0 hold only lesions of 0.2-0.4 mL, dark ones
   (about 0.6 of the tissue around them): the network's probability there
@@ -1463,7 +1464,8 @@ BUDGETS = {
     "cpu": dict(),
     # Longer training and a wider network: 5 times the CPU budget's patches,
     # each about twice as slow on CPU. Measured on one CPU core (29 min a
-    # fit; on all 40): test Dice 0.878, unseen cohorts 0.662 (see Try next).
+    # fit; on all 40): test Dice 0.878, unseen cohorts 0.662 and 0.691 (two
+    # seeds; see Try next).
     # The device stays None (CUDA when present): a model trained on a GPU
     # must still predict on a laptop.
     "gpu": dict(epochs=50, patches_per_epoch=2800, base_channels=16),
