@@ -288,14 +288,14 @@ Try next
   gentler fade did not clearly help: a quarter of the patches, by up to
   0.5, one fit on all 40, seeds 0 and 1: unseen Dice 0.590 and 0.526,
   against 0.564 and 0.528 for the default on the same machine.
-* The unseen gap is a bias more than the spread of single fits: averaging
-  the probabilities of several fits, as bagging does, gained little (the
-  default's two fits above: 0.587 together; five fits, those two, one on a
-  fold and two faded: 0.553). Per cohort, R008 (10 of the 16 unseen
-  subjects) scored 0.40-0.44 and the three others 0.68-0.80. Besides pale
-  lesions, every R008 subject has white-matter hypointensities of severity
-  0.6-1 (9% of the training subjects reach 0.6) and 60-119 perivascular
-  spaces (8-49 in training): dark, and not traced
+* The unseen gap is a bias (of the short training: first bullet) more than
+  the spread of single fits: averaging the probabilities of several fits, as
+  bagging does, gained little (the default's two fits above: 0.587 together;
+  five fits, those two, one on a fold and two faded: 0.553). Per cohort,
+  R008 (10 of the 16 unseen subjects) scored 0.40-0.44 and the three others
+  0.68-0.80. Besides pale lesions, every R008 subject has white-matter
+  hypointensities of severity 0.6-1 (9% of the training subjects reach 0.6)
+  and 60-119 perivascular spaces (8-49 in training): dark, and not traced
   (``atlas_ramp/synthetic/generalizability.py``). The false blobs there peak
   at 0.91-0.99 (true ones at 0.97-1.0): 18 of 29 in white matter, the others
   on grey matter and the deep grey nuclei. Darkening random blobs of white
