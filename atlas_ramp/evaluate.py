@@ -257,7 +257,7 @@ def evaluate(
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m atlas_ramp.evaluate --submission NAME --data DIR``."""
     parser = argparse.ArgumentParser(
-        prog="python -m atlas_ramp.evaluate",
+        prog="atlas-ramp evaluate",
         description="Train a submission on the training data and score it on any "
         "labelled folder.",
     )

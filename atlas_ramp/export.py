@@ -169,7 +169,7 @@ def score_predicted_masks(prediction_dir: Path | str, truth_dir: Path | str) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m atlas_ramp.export",
+        prog="atlas-ramp export",
         description="Write a submission's predictions as BIDS lesion masks.",
     )
     source = parser.add_mutually_exclusive_group(required=True)

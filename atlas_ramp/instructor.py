@@ -407,7 +407,7 @@ def _describe(
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m atlas_ramp.instructor",
+        prog="atlas-ramp instructor",
         description=(
             "Build a course's private data (server) and public data (students) from "
             "the labelled ATLAS subjects; see the module's docstring for the "

@@ -125,7 +125,7 @@ def render_montage(split_dir, output, max_subjects: int = 12, dpi: int = 110) ->
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m atlas_ramp.montage SPLIT --output PNG``."""
     parser = argparse.ArgumentParser(
-        prog="python -m atlas_ramp.montage",
+        prog="atlas-ramp montage",
         description="Render three slices through each subject's lesion as a PNG.",
     )
     parser.add_argument("split_dir", type=Path, help="split folder, e.g. data/train")

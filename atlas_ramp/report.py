@@ -402,7 +402,7 @@ def report_from_saved(
 def main(argv=None) -> int:
     """``python -m atlas_ramp.report submissions/NAME [submissions/OTHER ...]``."""
     parser = argparse.ArgumentParser(
-        prog="python -m atlas_ramp.report",
+        prog="atlas-ramp report",
         description="Report on the test predictions saved by ramp-test --save-output.",
     )
     parser.add_argument("submissions", nargs="+", type=Path, help="submissions/<name>")
