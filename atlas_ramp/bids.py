@@ -21,6 +21,8 @@ Rules for data that is not exactly ATLAS-shaped (each has a test):
 * **Sessions.** Every session of a subject is an entry (its own image and mask);
   entries share the ``subject_id``, and the kit's cross-validation keeps all
   sessions of a subject on the same side (:mod:`atlas_ramp.splits`).
+* **Links.** Linked folders (a split, cohort or subject folder on a shared drive)
+  are followed, each real folder once (:func:`walk_files`).
 * **Cohorts.** ATLAS names carry their cohort. For other names (``sub-001``), the
   cohort comes from the ``cohort`` column of a ``participants.tsv`` in the split
   folder (or below it); one value for every subject if the data come from one site.
@@ -410,6 +412,34 @@ def mask_like_files(root: Path | str) -> list[Path]:
         if any(word in stem.lower() for word in _MASK_WORDS):
             found.append(path)
     return found
+
+
+def no_masks_error(split_dir: Path | str, subject: Subject) -> DataError:
+    """The error for a split without the kit's masks: where, expected, found.
+
+    ``subject`` is one of the split's (its image shows the expected mask name).
+    """
+    expected = mask_name(subject.subject_id, subject.session)
+    found = mask_like_files(split_dir)
+    if found:
+        shown = ", ".join(str(path) for path in found[:3])
+        more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+        what = (
+            f"Found {len(found)} mask-like file(s) under other names: {shown}{more}. "
+            "If these are the lesion masks, rename them to the kit's name (sub, ses "
+            "and space as their image, then _label-L_desc-T1lesion_mask.nii.gz)."
+        )
+    else:
+        what = (
+            "No mask-like file was found there: if the split is unlabelled (e.g. "
+            "ATLAS Testing), it cannot be used for training or scoring; use a "
+            "labelled folder."
+        )
+    return DataError(
+        f"{split_dir} has no lesion masks that the kit can use: it expects each "
+        f"subject's mask beside its T1w image, named like {expected} (for "
+        f"{subject.t1w_path.name}). {what}"
+    )
 
 
 def read_header(path: Path) -> nib.Nifti1Image:
