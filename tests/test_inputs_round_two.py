@@ -215,16 +215,19 @@ def publishing_renames(monkeypatch, stop_at: int, killed: bool):
     return (Killed, KeyboardInterrupt), calls
 
 
-def test_ctrl_c_at_the_publishing_step_keeps_the_previous_sample(
-    tmp_path, monkeypatch, capsys
+@pytest.mark.parametrize("stop_at", [0, 3, 7])
+def test_ctrl_c_while_publishing_keeps_the_previous_sample(
+    tmp_path, monkeypatch, capsys, stop_at
 ):
     data = synthetic.build_sample(tmp_path / "data", **TINY)
     before = split_files(data)
-    # 4 old entries out (marker first), 3 new splits in: the 8th is the marker.
-    _, calls = publishing_renames(monkeypatch, stop_at=7, killed=False)
+    _, calls = publishing_renames(monkeypatch, stop_at, killed=False)
     with pytest.raises(KeyboardInterrupt):
         synthetic.build_sample(data, **{**TINY, "seed": 5})
-    assert Path(calls[7]).name == synthetic.COMPLETION_MARKER
+    # 4 old entries out (the marker first), 3 new splits in, the marker last:
+    # the 8th rename is the one that publishes.
+    if stop_at == 7:
+        assert Path(calls[7]).name == synthetic.COMPLETION_MARKER
     monkeypatch.undo()
     assert split_files(data) == before  # marker included
     assert [p.name for p in data.iterdir() if p.name.startswith(".s")] == []
