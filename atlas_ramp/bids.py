@@ -186,7 +186,7 @@ class Subject:
     mask_path: Path | None
 
 
-def is_nifti(path: Path) -> bool:
+def _is_nifti(path: Path) -> bool:
     """Whether the file name is that of a NIfTI volume (``.nii`` or ``.nii.gz``)."""
     return path.name.endswith((".nii", ".nii.gz"))
 
@@ -203,7 +203,8 @@ def walk_files(root: Path) -> Iterator[Path]:
     Raises
     ------
     DataError
-        A folder that cannot be listed (its subjects would be lost silently).
+        A folder that cannot be listed, or a link to nothing (the subjects
+        behind them would be lost silently).
     """
 
     def refuse(error: OSError):
@@ -222,8 +223,17 @@ def walk_files(root: Path) -> Iterator[Path]:
         visited.add(real)
         subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
         for name in sorted(names):
-            if not name.startswith("."):
-                yield Path(folder) / name
+            if name.startswith("."):
+                continue
+            path = Path(folder) / name
+            if path.is_symlink() and not path.exists():
+                raise DataError(
+                    f"{path} is a link to {os.readlink(path)}, which does not exist "
+                    "(a shared drive not mounted, or data moved): the subjects "
+                    "behind it would be missed. Mount the drive or fix the link, or "
+                    "remove it."
+                )
+            yield path
 
 
 def _space_name(entities: dict) -> str:
@@ -322,7 +332,7 @@ def find_subjects(root: Path | str) -> list[Subject]:
     images: dict[tuple[str, str], list[tuple[dict, Path]]] = {}
     masks: dict[tuple[str, str], list[tuple[dict, Path]]] = {}
     for path in walk_files(root):
-        if not path.name.startswith("sub-") or not is_nifti(path):
+        if not path.name.startswith("sub-") or not _is_nifti(path):
             continue
         stem = path.name.removesuffix(".gz").removesuffix(".nii")
         if stem.rsplit("_", 1)[-1] not in (T1W_SUFFIX, MASK_SUFFIX):
@@ -407,7 +417,7 @@ def mask_like_files(root: Path | str) -> list[Path]:
     found = []
     for path in walk_files(Path(root)):
         stem = path.name.removesuffix(".gz").removesuffix(".nii")
-        if not is_nifti(path) or stem.endswith(f"_{T1W_SUFFIX}"):
+        if not _is_nifti(path) or stem.endswith(f"_{T1W_SUFFIX}"):
             continue
         if any(word in stem.lower() for word in _MASK_WORDS):
             found.append(path)

@@ -47,13 +47,7 @@ import nibabel as nib
 import numpy as np
 
 from ._io import atomic_path, atomic_write_text, object_array
-from .bids import (
-    DataError,
-    Subject,
-    find_subjects,
-    no_masks_error,
-    read_header,
-)
+from .bids import DataError, Subject, find_subjects, no_masks_error, read_header
 from .grids import check_same_grid, check_split
 from .masks import SparseMask
 

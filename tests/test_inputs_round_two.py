@@ -87,6 +87,16 @@ def test_discovery_follows_linked_folders_and_loses_no_subject(tmp_path, linked)
     assert not _is_complete(split, len(IDS) + 1)
 
 
+def test_a_link_to_nothing_is_named_not_skipped(tmp_path):
+    split = make_split(tmp_path / "train", IDS)
+    subject = anat_dir(split, IDS[1]).parents[1]
+    move_behind_link(subject, tmp_path / "shared")
+    shutil.rmtree(tmp_path / "shared")  # the shared drive is not mounted
+    with pytest.raises(DataError, match="does not exist") as error:
+        find_subjects(split)
+    assert str(subject) in str(error.value)
+
+
 def test_the_builder_accepts_a_sample_whose_subjects_are_links(tmp_path, capsys):
     data = synthetic.build_sample(tmp_path / "data", **TINY)
     for image in sorted((data / "train").glob("R*/sub-*")):
