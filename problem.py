@@ -7,6 +7,7 @@ over subjects; the other ATLAS Grand Challenge metrics are reported beside it.
 
 import os
 
+from atlas_ramp.bids import data_errors_shown_first
 from atlas_ramp.predictions import (
     Predictions,  # noqa: F401  (used by ramp-workflow)
     load_sparse_probas,
@@ -50,7 +51,8 @@ def get_cv(X, y):
 def get_train_data(path="."):
     """Lazy T1w volumes and sparse masks of ``<path>/data/train``."""
     n = QUICK_N_TRAIN if QUICK_TEST else None
-    return load_split(os.path.join(path, "data"), "train", max_subjects=n)
+    with data_errors_shown_first():  # before ramp-test's long traceback
+        return load_split(os.path.join(path, "data"), "train", max_subjects=n)
 
 
 def get_test_data(path="."):
@@ -61,7 +63,8 @@ def get_test_data(path="."):
     """
     n = QUICK_N_TEST if QUICK_TEST else None
     data = os.path.join(path, "data")
-    return load_split(data, "test", max_subjects=n, same_grid_as="train")
+    with data_errors_shown_first():
+        return load_split(data, "test", max_subjects=n, same_grid_as="train")
 
 
 def save_y_pred(y_pred, data_path=".", output_path=".", suffix="test"):

@@ -158,8 +158,11 @@ def swap_into_place(
     """Move ``entries`` of ``new_root`` into ``destination``, replacing old ones.
 
     Every step is a rename on one file system. Old entries (all of ``entries``
-    found in ``destination``, even those the new tree lacks) go to ``trash``; if
-    anything fails, everything is put back as it was.
+    found in ``destination``, even those the new tree lacks) go to ``trash``, in
+    the order given; then the new ones come, in the reverse order. So a
+    completion marker listed first is the first old entry to go and the last
+    new one to come: it never vouches for a tree that is half moved. If anything
+    fails, everything is put back as it was.
 
     Parameters
     ----------
@@ -181,14 +184,14 @@ def swap_into_place(
             if os.path.lexists(destination / entry):
                 os.rename(destination / entry, trash / entry)
                 parked.append(entry)
-        for entry in entries:
+        for entry in reversed(entries):
             if os.path.lexists(new_root / entry):
                 os.rename(new_root / entry, destination / entry)
                 placed.append(entry)
     except BaseException:
-        for entry in placed:
+        for entry in reversed(placed):
             os.rename(destination / entry, new_root / entry)
-        for entry in parked:
+        for entry in reversed(parked):
             os.rename(trash / entry, destination / entry)
         raise
 

@@ -21,6 +21,8 @@ Rules for data that is not exactly ATLAS-shaped (each has a test):
 * **Sessions.** Every session of a subject is an entry (its own image and mask);
   entries share the ``subject_id``, and the kit's cross-validation keeps all
   sessions of a subject on the same side (:mod:`atlas_ramp.splits`).
+* **Links.** Linked folders (a split, cohort or subject folder on a shared drive)
+  are followed, each real folder once (:func:`walk_files`).
 * **Cohorts.** ATLAS names carry their cohort. For other names (``sub-001``), the
   cohort comes from the ``cohort`` column of a ``participants.tsv`` in the split
   folder (or below it); one value for every subject if the data come from one site.
@@ -28,7 +30,12 @@ Rules for data that is not exactly ATLAS-shaped (each has a test):
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import sys
+import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +58,33 @@ class DataError(ValueError):
 
     The message always names the offending file or subject and says what to do.
     """
+
+
+@contextlib.contextmanager
+def data_errors_shown_first(command: str = "ramp-test"):
+    """Print a :class:`DataError`'s message before the traceback that follows it.
+
+    Under ``ramp-test`` a data error ends a traceback of some forty lines, its
+    message on the last one. This prints the message as one paragraph on
+    stderr, then lets the error go on as it was (the traceback is for whoever
+    wants it).
+
+    Examples
+    --------
+    >>> with data_errors_shown_first():  # doctest: +SKIP
+    ...     X, y = load_split("data", "train")
+    """
+    try:
+        yield
+    except DataError as error:
+        paragraph = textwrap.fill(
+            f"{command}: the data cannot be used (not the submission's fault): {error}",
+            width=88,
+            break_long_words=False,  # file names stay whole, to copy
+            break_on_hyphens=False,
+        )
+        print(f"\n{paragraph}\n", file=sys.stderr, flush=True)
+        raise
 
 
 def subject_label(cohort: int, index: int) -> str:
@@ -152,8 +186,54 @@ class Subject:
     mask_path: Path | None
 
 
-def _is_hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+def _is_nifti(path: Path) -> bool:
+    """Whether the file name is that of a NIfTI volume (``.nii`` or ``.nii.gz``)."""
+    return path.name.endswith((".nii", ".nii.gz"))
+
+
+def walk_files(root: Path) -> Iterator[Path]:
+    """Every file below ``root``, entering linked folders, each real folder once.
+
+    Students and course servers often link data from a shared drive, a subject
+    or a cohort folder at a time: those links are followed (``Path.rglob`` does
+    not enter them before Python 3.13). A folder reached twice (two links to it,
+    or a link back to a parent: a cycle) is listed once. Hidden folders
+    (``.cache``) are skipped.
+
+    Raises
+    ------
+    DataError
+        A folder that cannot be listed, or a link to nothing (the subjects
+        behind them would be lost silently).
+    """
+
+    def refuse(error: OSError):
+        raise DataError(
+            f"Cannot list {error.filename} ({error.strerror}): the subjects in it "
+            "would be missed. Fix its permissions (or the link, if it is one), or "
+            "move it out of the data folder."
+        ) from error
+
+    visited = set()
+    for folder, subfolders, names in os.walk(root, onerror=refuse, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:
+            subfolders.clear()
+            continue
+        visited.add(real)
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            path = Path(folder) / name
+            if path.is_symlink() and not path.exists():
+                raise DataError(
+                    f"{path} is a link to {os.readlink(path)}, which does not exist "
+                    "(a shared drive not mounted, or data moved): the subjects "
+                    "behind it would be missed. Mount the drive or fix the link, or "
+                    "remove it."
+                )
+            yield path
 
 
 def _space_name(entities: dict) -> str:
@@ -164,8 +244,8 @@ def _space_name(entities: dict) -> str:
 def _read_participant_cohorts(root: Path) -> dict[str, str]:
     """``participant_id -> cohort`` from the ``participants.tsv`` files under root."""
     cohorts: dict[str, str] = {}
-    for table in sorted(root.rglob("participants.tsv")):
-        if _is_hidden(table, root):
+    for table in walk_files(root):
+        if table.name != "participants.tsv":
             continue
         try:
             rows = pd.read_csv(table, sep="\t", dtype=str)
@@ -225,8 +305,8 @@ def find_subjects(root: Path | str) -> list[Subject]:
     ----------
     root : path
         A split folder (``data/train``), an ``ATLAS_2/Training`` folder, a BIDS
-        dataset root, or anything above them. Hidden folders (``.cache``) are
-        skipped.
+        dataset root, or anything above them. Linked folders are followed
+        (:func:`walk_files`); hidden folders (``.cache``) are skipped.
 
     Returns
     -------
@@ -251,8 +331,8 @@ def find_subjects(root: Path | str) -> list[Subject]:
         )
     images: dict[tuple[str, str], list[tuple[dict, Path]]] = {}
     masks: dict[tuple[str, str], list[tuple[dict, Path]]] = {}
-    for path in sorted(root.rglob("sub-*.nii*")):
-        if _is_hidden(path, root) or not path.name.endswith((".nii", ".nii.gz")):
+    for path in walk_files(root):
+        if not path.name.startswith("sub-") or not _is_nifti(path):
             continue
         stem = path.name.removesuffix(".gz").removesuffix(".nii")
         if stem.rsplit("_", 1)[-1] not in (T1W_SUFFIX, MASK_SUFFIX):
@@ -321,6 +401,55 @@ def find_subjects(root: Path | str) -> list[Subject]:
         cohort = _cohort_for(sub, image, root, cohort_table or {})
         subjects.append(Subject(f"sub-{sub}", cohort, ses, image, mask))
     return subjects
+
+
+#: Words in a file name that suggest a lesion mask (under a name the kit does not use).
+_MASK_WORDS = ("mask", "lesion", "label", "seg", "roi")
+
+
+def mask_like_files(root: Path | str) -> list[Path]:
+    """NIfTI files below ``root`` that look like masks but are not T1w images.
+
+    For the message of a split without the kit's masks: masks saved under
+    another name (``sub-..._desc-lesion_mask.nii.gz``, ``..._seg.nii.gz``)
+    are then named, so the student sees what to rename.
+    """
+    found = []
+    for path in walk_files(Path(root)):
+        stem = path.name.removesuffix(".gz").removesuffix(".nii")
+        if not _is_nifti(path) or stem.endswith(f"_{T1W_SUFFIX}"):
+            continue
+        if any(word in stem.lower() for word in _MASK_WORDS):
+            found.append(path)
+    return found
+
+
+def no_masks_error(split_dir: Path | str, subject: Subject) -> DataError:
+    """The error for a split without the kit's masks: where, expected, found.
+
+    ``subject`` is one of the split's (its image shows the expected mask name).
+    """
+    expected = mask_name(subject.subject_id, subject.session)
+    found = mask_like_files(split_dir)
+    if found:
+        shown = ", ".join(str(path) for path in found[:3])
+        more = f" (and {len(found) - 3} more)" if len(found) > 3 else ""
+        what = (
+            f"Found {len(found)} mask-like file(s) under other names: {shown}{more}. "
+            "If these are the lesion masks, rename them to the kit's name (sub, ses "
+            "and space as their image, then _label-L_desc-T1lesion_mask.nii.gz)."
+        )
+    else:
+        what = (
+            "No mask-like file was found there: if the split is unlabelled (e.g. "
+            "ATLAS Testing), it cannot be used for training or scoring; use a "
+            "labelled folder."
+        )
+    return DataError(
+        f"{split_dir} has no lesion masks that the kit can use: it expects each "
+        f"subject's mask beside its T1w image, named like {expected} (for "
+        f"{subject.t1w_path.name}). {what}"
+    )
 
 
 def read_header(path: Path) -> nib.Nifti1Image:

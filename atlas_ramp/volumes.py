@@ -18,7 +18,14 @@ the first read of a volume also writes it, decompressed, to an on-disk cache
 into memory (copy-on-write), which is an order of magnitude faster. A cache
 entry records the size and modification time of its source file and is rebuilt
 when the source changes. If the cache folder cannot be written (read-only data
-on a server), volumes are decoded every time, with a single warning.
+on a server), volumes are decoded every time, with a single warning; if its disk
+fills, the warning names the folder and the size of an entry, no partial file is
+left, and the cache is not written again by that process.
+
+The cache stores float32, what ``X[i]`` returns, whatever the source's dtype: a
+cache in the images' own int16 (lossless for the synthetic sample) would take half
+the disk, but must be converted at every read, which makes warm reads 3-4 times
+slower (``bench/bench_volumes.py``: 28-32 ms against 8-9 ms at 1 mm).
 
 ``y`` is a 1D numpy object array of :class:`~atlas_ramp.masks.SparseMask`, built
 by :func:`load_masks` (also cached). Estimators see it through
@@ -27,9 +34,11 @@ by :func:`load_masks` (also cached). Estimators see it through
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,17 +47,24 @@ import nibabel as nib
 import numpy as np
 
 from ._io import atomic_path, atomic_write_text, object_array
-from .bids import DataError, Subject, find_subjects, read_header
+from .bids import DataError, Subject, find_subjects, no_masks_error, read_header
 from .grids import check_same_grid, check_split
 from .masks import SparseMask
 
 CACHE_DIR_NAME = ".cache"
 _warned_read_only = set()
+#: Cache folders whose disk filled up: not written again by this process.
+_full_cache_dirs = set()
 
 
 def default_cache_dir(split_dir: Path | str) -> Path:
-    """``data/train`` → ``data/.cache/train``."""
-    split_dir = Path(split_dir).resolve()
+    """``data/train`` → ``data/.cache/train``.
+
+    The path is made absolute without resolving links: when ``data/train`` is a
+    link to a shared (often read-only) drive, the cache stays in the student's
+    own ``data/.cache``, not beside the link's target.
+    """
+    split_dir = Path(os.path.abspath(split_dir))
     return split_dir.parent / CACHE_DIR_NAME / split_dir.name
 
 
@@ -138,6 +154,23 @@ class VolumeCache:
                 stacklevel=3,
             )
 
+    def _warn_disk_full(self, needed_bytes: int):
+        _full_cache_dirs.add(str(self.cache_dir))
+        try:
+            free = f"{shutil.disk_usage(self.cache_dir).free / 1e6:.1f} MB free"
+        except OSError:
+            free = "free space unknown"
+        warnings.warn(
+            f"The disk holding the volume cache {self.cache_dir} is full ({free}): "
+            f"a cache entry needs {needed_bytes / 1e6:.1f} MB (one per volume; a "
+            "1 mm ATLAS volume takes 34.7 MB, all 955 ATLAS volumes about 33 GB). "
+            "Nothing partial was left in the cache; volumes not cached yet are "
+            "decoded from .nii.gz at every read from now on (slower, same results). "
+            "Free some space (old .cache folders of other data can be deleted), "
+            "then run again to use the cache.",
+            stacklevel=4,
+        )
+
     def load(self, path: Path, dtype=np.float32) -> np.ndarray:
         """Load a volume, from the cache when it is fresh.
 
@@ -175,15 +208,35 @@ class VolumeCache:
         except (OSError, ValueError):
             pass  # missing, stale or damaged entry: rebuild it
         array = compute()
+        self._write_entry(array_file, meta_file, array, signature)
+        return array
+
+    def _write_entry(self, array_file: Path, meta_file: Path, array, signature):
+        """Write one cache entry: the array, then the metadata that vouches for it.
+
+        No partial ``.npy`` is ever left: each file is written under a temporary
+        name and renamed, and an array whose metadata cannot be written is
+        removed. A failure is a warning and reading goes on uncached: a full disk
+        (this folder is then not written again by this process, so that no read
+        pays for a write that cannot succeed) or a read-only folder.
+        """
+        if str(self.cache_dir) in _full_cache_dirs:
+            return
         if not self._usable():
             self._warn_read_only()
-            return array
+            return
         try:
             _save_npy(array_file, array)
-            atomic_write_text(meta_file, json.dumps(signature))
-        except OSError:
-            self._warn_read_only()
-        return array
+            try:
+                atomic_write_text(meta_file, json.dumps(signature))
+            except BaseException:
+                array_file.unlink(missing_ok=True)
+                raise
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._warn_disk_full(array.nbytes)
+            else:
+                self._warn_read_only()
 
 
 class ImageSequence(Sequence):
@@ -332,19 +385,26 @@ def load_mask(
     return SparseMask(indices, shape, voxel_volume_ml)
 
 
-def load_masks(X: ImageSequence) -> np.ndarray:
+def load_masks(X: ImageSequence, split_dir: Path | str | None = None) -> np.ndarray:
     """The lesion masks of a labelled split, as an object array of SparseMask.
+
+    Parameters
+    ----------
+    X : ImageSequence
+    split_dir : path, optional
+        The split's folder, named in the error when it has no masks (by
+        default the folder that holds all the images).
 
     Raises
     ------
     DataError
-        If the split is unlabelled, or a mask is unreadable or not binary.
+        If the split is unlabelled (naming the folder, the mask name expected
+        and the mask-like files found), or a mask is unreadable or not binary.
     """
     if not X.is_labelled:
-        raise DataError(
-            "This split has no lesion masks (unlabelled subjects, e.g. ATLAS "
-            "Testing); it cannot be used for training or scoring."
-        )
+        if split_dir is None:
+            split_dir = os.path.commonpath([str(p.parent) for p in X.t1w_paths])
+        raise no_masks_error(split_dir, X.subjects[0])
     return object_array(
         load_mask(subject, X.volume_shape, X.voxel_volume_ml, X.cache_dir)
         for subject in X.subjects
@@ -466,4 +526,4 @@ def load_split(
         check_against_split(X, Path(data_dir) / same_grid_as, str(split_dir))
     if max_subjects is not None:
         X = X[quick_subset(X, max_subjects)]
-    return X, load_masks(X)
+    return X, load_masks(X, split_dir)

@@ -42,6 +42,8 @@ PREDICT_BATCH_SIZE = 4
 #: At most this many training subjects are predicted for the "train" score of a
 #: CV fold (predicting all of them would double the cost of every fold).
 MAX_TRAIN_SUBJECTS_SCORED = 8
+#: Probabilities this far outside [0, 1] are rounding errors, clipped silently.
+PROBABILITY_TOLERANCE = 1e-4
 
 
 class SubmissionError(RuntimeError):
@@ -130,7 +132,8 @@ def check_batch_output(output, X_batch: ImageSequence, submission_name: str, met
     ------
     SubmissionError
         Naming the submission and the subject: wrong count or shape, wrong
-        dtype, NaN, values outside [0, 1].
+        dtype, NaN, values outside [0, 1] by more than
+        :data:`PROBABILITY_TOLERANCE` (closer ones are clipped).
     """
     ids = X_batch.subject_ids
     where = f"Submission '{submission_name}': {method}"
@@ -160,19 +163,27 @@ def check_batch_output(output, X_batch: ImageSequence, submission_name: str, met
         return output
     if np.issubdtype(output.dtype, np.complexfloating):
         raise SubmissionError(f"{where} returned complex values for subject {ids[0]}.")
+    rounded_outside = False
     for position, volume in enumerate(output):
         if np.issubdtype(volume.dtype, np.floating) and np.isnan(volume).any():
             raise SubmissionError(
                 f"{where} returned NaN for subject {ids[position]}; probabilities "
                 "must be numbers in [0, 1]."
             )
-        low, high = volume.min(), volume.max()
-        if low < 0 or high > 1:
+        # In float64: float32 would round the tolerance itself.
+        low, high = float(volume.min()), float(volume.max())
+        if low < -PROBABILITY_TOLERANCE or high > 1 + PROBABILITY_TOLERANCE:
+            # Ten significant digits: 1.0001 must not print as "1".
             raise SubmissionError(
-                f"{where} returned values in [{low:g}, {high:g}] for subject "
-                f"{ids[position]}; probabilities must lie in [0, 1]."
+                f"{where} returned values in [{low:.10g}, {high:.10g}] "
+                f"for subject {ids[position]}; probabilities must lie in [0, 1] "
+                f"(a rounding error of up to {PROBABILITY_TOLERANCE:g} is accepted)."
             )
-    return output
+        rounded_outside = rounded_outside or low < 0 or high > 1
+    # A sigmoid then a trilinear upsampling can give 1.0000001: ordinary floating
+    # point, not a broken submission. Clipped in a copy: the submission's array
+    # stays as it is.
+    return np.clip(output, 0, 1) if rounded_outside else output
 
 
 def predict_sparse(

@@ -10,6 +10,14 @@
    ``load_split`` (lazy volumes, sparse masks) and reads every volume once, with
    the size of one volume for comparison: it should stay near "Python + a couple
    of volumes", whatever the number of subjects.
+3. The cache's size on disk, per subject and at ATLAS scale (955 labelled and
+   test volumes), and the smaller cache it could be: the kit's float32 ``.npy``
+   against one in the source's own dtype when that is lossless (the synthetic
+   sample stores int16 without scaling), side by side: size, and the median
+   time to read one volume as the float32 array ``X[i]`` gives, then sum it;
+   warm (file in the OS page cache) and cold (evicted with
+   ``posix_fadvise(DONTNEED)`` before each read, as on a machine whose memory
+   cannot hold the whole cache).
 
 Run: ``python bench/bench_volumes.py [--data data]``; builds the default
 synthetic sample into ``--data`` first if it is missing.
@@ -17,6 +25,7 @@ synthetic sample into ``--data`` first if it is missing.
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -27,7 +36,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from atlas_ramp.volumes import ImageSequence
+from atlas_ramp.volumes import ImageSequence, default_cache_dir
 
 ITERATE_SCRIPT = """
 import json, os, resource, sys, time
@@ -73,6 +82,74 @@ def time_reads(function, repeats):
         function()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+#: Labelled training plus test volumes of ATLAS R2.0 (655 + 300).
+ATLAS_VOLUMES = 955
+
+
+def evict(path: Path) -> None:
+    """Drop one file's pages from the OS page cache (its next read is cold)."""
+    with open(path, "rb") as stream:
+        os.posix_fadvise(stream.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def time_cache_reads(path: Path, read, repeats: int, cold: bool) -> float:
+    times = []
+    for _ in range(repeats):
+        if cold:
+            evict(path)
+        start = time.perf_counter()
+        read(path)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def read_float32_cache(path: Path) -> float:
+    # As the kit reads it: a copy-on-write memory map, no conversion.
+    return float(np.load(path, mmap_mode="c").sum())
+
+
+def read_source_dtype_cache(path: Path) -> float:
+    # X[i] is float32: an integer cache must be converted at every read.
+    return float(np.load(path, mmap_mode="r").astype(np.float32).sum())
+
+
+def source_dtype_volume(path: Path) -> np.ndarray | None:
+    """The stored values in their own dtype, when float32 adds nothing (else None)."""
+    image = nib.load(str(path))
+    stored = np.asanyarray(image.dataobj.get_unscaled())
+    as_float = image.get_fdata(dtype=np.float32)
+    if stored.dtype.kind not in "iu" or not np.array_equal(stored, as_float):
+        return None  # floating point, or scaled (scl_slope/scl_inter)
+    return stored
+
+
+def compare_cache_dtypes(t1w: Path, repeats: int) -> list[tuple]:
+    """Rows (kind, dtype, MB, warm ms, cold ms) for the float32 and source caches."""
+    stored = source_dtype_volume(t1w)
+    variants = [("kit cache (float32)", nib.load(str(t1w)).get_fdata(dtype=np.float32))]
+    if stored is not None:
+        variants.append(("source dtype, lossless", stored))
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for kind, array in variants:
+            path = Path(folder) / f"{array.dtype}.npy"
+            np.save(path, array)
+            read = (
+                read_float32_cache
+                if array.dtype == np.float32
+                else read_source_dtype_cache
+            )
+            read(path)  # into the page cache
+            warm = time_cache_reads(path, read, repeats, cold=False)
+            cold = time_cache_reads(path, read, repeats, cold=True)
+            rows.append((kind, array.dtype, path.stat().st_size / 1e6, warm, cold))
+    return rows
+
+
+def folder_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
 
 
 def run_iteration(data_dir: Path, split: str) -> dict:
@@ -155,6 +232,32 @@ def main():
         "While iterating, resident memory should grow by about two volumes at "
         "most (the one held and the one being read), whatever the subject count."
     )
+
+    cache = default_cache_dir(args.data / "train")
+    n_train = len(ImageSequence.from_folder(args.data / "train"))
+    volumes_mb = sum(p.stat().st_size for p in cache.glob("*_T1w-*.npy")) / 1e6
+    per_subject = folder_mb(cache) / n_train
+    print()
+    print(
+        f"volume cache {cache}: {per_subject:.1f} MB per subject (its T1w "
+        f"{volumes_mb / n_train:.1f} MB, the rest its sparse mask and metadata); "
+        f"at ATLAS scale ({ATLAS_VOLUMES} volumes on this grid): "
+        f"{ATLAS_VOLUMES * volumes_mb / n_train / 1e3:.1f} GB"
+    )
+    rows = compare_cache_dtypes(X.subjects[0].t1w_path, args.repeats)
+    print(
+        "| cache of one T1w | dtype | size | at ATLAS scale | read + sum, warm "
+        "| read + sum, cold |"
+    )
+    print("|---|---|---|---|---|---|")
+    for kind, dtype, size_mb, warm, cold in rows:
+        print(
+            f"| {kind} | {dtype} | {size_mb:.1f} MB "
+            f"| {ATLAS_VOLUMES * size_mb / 1e3:.1f} GB | {warm * 1000:.1f} ms "
+            f"| {cold * 1000:.1f} ms |"
+        )
+    if len(rows) == 1:
+        print("(the source is floating point or scaled: float32 is its own dtype)")
 
 
 if __name__ == "__main__":

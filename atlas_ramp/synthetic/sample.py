@@ -9,6 +9,7 @@ full-size volumes) and writes the splits in the ATLAS R2.0 layout.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .._io import atomic_write_bytes, staging_folder, swap_into_place, write_json
-from ..bids import DataError, cohort_of, subject_label
+from .._io import staging_folder, swap_into_place, write_json
+from ..bids import DataError, cohort_of, find_subjects, subject_label
 from ..splits import stratified_holdout
 from .anatomy import check_downsample, load_anatomy
 from .files import (
@@ -182,24 +183,58 @@ def _read_marker(output_dir: Path) -> dict | None:
         return None
 
 
-def _count_files(split_dir: Path, suffix: str) -> int:
-    return sum(
-        1
-        for path in split_dir.glob(f"R*/sub-*/ses-*/anat/*{suffix}")
-        if not path.name.startswith(".")
-    )
-
-
 def _is_complete(split_dir: Path, n_subjects: int) -> bool:
-    """Whether a split has every subject's image and mask."""
-    return all(
-        _count_files(split_dir, suffix) == n_subjects
-        for suffix in ("_T1w.nii.gz", "_mask.nii.gz")
-    )
+    """Whether a split has every subject, each with its mask.
+
+    Asks :func:`~atlas_ramp.bids.find_subjects`, the discovery that
+    ``ramp-test`` uses, so the builder never calls complete a split that
+    ``ramp-test`` cannot read in full (linked folders included).
+    """
+    try:
+        subjects = find_subjects(split_dir)
+    except DataError:
+        return n_subjects == 0  # no image at all (or unreadable)
+    return len(subjects) == n_subjects and all(s.mask_path for s in subjects)
 
 
 def _has_files(folder: Path) -> bool:
     return folder.is_dir() and any(folder.iterdir())
+
+
+def _finish_interrupted_publishing(output_dir: Path) -> None:
+    """Finish moving in a complete staged sample whose move was cut short.
+
+    A staged folder that holds a completion marker is a complete sample: its
+    move into ``output_dir`` (:func:`_publish`) had begun when the process was
+    killed (an exception or Ctrl-C puts everything back, so only a kill, a
+    power cut... leaves one). What it still holds is new; what stands in
+    ``output_dir`` under those names is old and goes to a new trash folder.
+    """
+    for staged in sorted(output_dir.glob(".sample.partial-*")):
+        parameters = _read_marker(staged)
+        if parameters is None:
+            continue  # an unfinished build: removed with the other leftovers
+        new_splits = _splits_of(parameters)
+        entries = [
+            entry
+            for entry in (COMPLETION_MARKER, *SPLITS)
+            if os.path.lexists(staged / entry) or entry not in new_splits
+        ]
+        trash = staging_folder(output_dir, ".sample.old-")
+        swap_into_place(staged, output_dir, entries, trash / "old")
+        # The killed build's own trash holds the old entries it had moved out.
+        killed_trash = output_dir / f".sample.old-{_token(staged)}"
+        for folder in (staged, trash, killed_trash):
+            shutil.rmtree(folder, ignore_errors=True)
+        print(
+            f"Finished moving into {output_dir} the synthetic sample that an "
+            f"interrupted build had completed ({staged.name})."
+        )
+
+
+def _token(staged: Path) -> str:
+    """The unique part of a staging folder's name, shared by its trash folder."""
+    return staged.name.rsplit("-", 1)[-1]
 
 
 def _remove_leftovers(output_dir: Path) -> None:
@@ -210,19 +245,27 @@ def _remove_leftovers(output_dir: Path) -> None:
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _swap_in(partial: Path, output_dir: Path, trash: Path) -> None:
-    """Replace the old splits by the new, complete ones (all or none)."""
-    marker = output_dir / COMPLETION_MARKER
-    old_marker = marker.read_bytes() if marker.is_file() else None
-    # The data are about to change: while they do, the old marker must not
-    # vouch for them. If the swap fails, the old data and marker come back.
-    marker.unlink(missing_ok=True)
-    try:
-        swap_into_place(partial, output_dir, SPLITS, trash)
-    except BaseException:
-        if old_marker is not None:
-            atomic_write_bytes(marker, old_marker)
-        raise
+def _splits_of(parameters: dict) -> list[str]:
+    """The splits a sample with these parameters has, on disk."""
+    # Train and test are always written (test may be empty), generalizability
+    # only when it has subjects.
+    return [
+        split
+        for split in SPLITS
+        if split != "generalizability" or parameters.get("n_generalizability")
+    ]
+
+
+def _publish(staged: Path, output_dir: Path, trash: Path) -> None:
+    """Move a complete staged sample, its marker included, into ``output_dir``.
+
+    Renames on one file system: the old marker goes first, the new one comes
+    last (:func:`~atlas_ramp._io.swap_into_place`), so placing the new marker
+    is the one step that publishes the sample. An exception (Ctrl-C included)
+    puts the old sample back; after a kill, the next build finishes the move
+    (:func:`_finish_interrupted_publishing`).
+    """
+    swap_into_place(staged, output_dir, (COMPLETION_MARKER, *SPLITS), trash)
 
 
 def _generate(tasks, n_jobs: int, downsample: int, progress: bool) -> list[dict]:
@@ -277,10 +320,12 @@ def build_sample(
     depend on it.
 
     The build is safe to interrupt: the splits are generated in a hidden
-    temporary folder (``.sample.partial-*``) and renamed into place only when
-    all are complete, and a completion marker (``.complete``) is written last.
-    Until then, the previous data stay untouched. When the marker shows a
-    complete sample built with the same parameters, nothing is done.
+    temporary folder (``.sample.partial-*``), its completion marker
+    (``.complete``) written last, and the whole is renamed into place only
+    then, the marker last (:func:`_publish`). Until then, the previous data
+    stay untouched; a build killed while renaming is finished by the next one.
+    When the marker shows a complete sample built with the same parameters,
+    nothing is done.
 
     Parameters
     ----------
@@ -346,10 +391,10 @@ def build_sample(
         "test": n_test,
         "generalizability": n_generalizability,
     }
-    # Train and test are always written (test may be empty), generalizability
-    # only when it has subjects.
-    splits = [s for s in SPLITS if s != "generalizability" or n_generalizability]
+    splits = _splits_of(parameters)
 
+    if output_dir.is_dir():
+        _finish_interrupted_publishing(output_dir)
     marker = _read_marker(output_dir)
     ours = isinstance(marker, dict) and marker.get("generator") == GENERATOR_NAME
     if ours and marker == parameters and not force:
@@ -382,7 +427,8 @@ def build_sample(
     unseen = make_unseen_cohort_profiles(n_unseen, seed, first_number=n_cohorts + 1)
     profiles.update({p.name: p for p in unseen})
     partial = staging_folder(output_dir, ".sample.partial-")
-    trash = output_dir / f".sample.old-{partial.name.rsplit('-', 1)[-1]}"
+    trash = output_dir / f".sample.old-{_token(partial)}"
+    published = False
     try:
         for split in splits:
             (partial / split).mkdir()
@@ -402,10 +448,16 @@ def build_sample(
                     if record.split == split
                 ],
             )
-        _swap_in(partial, output_dir, trash)
-        write_json(output_dir / COMPLETION_MARKER, parameters)
+        # Written last: the staged sample is complete, marker included.
+        write_json(partial / COMPLETION_MARKER, parameters)
+        _publish(partial, output_dir, trash)
+        published = True
     finally:
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.rmtree(trash, ignore_errors=True)
+        # Old entries still in the trash after a failure mean that putting
+        # them back was itself cut short: keep both folders, the next build
+        # finishes the move.
+        if published or not _has_files(trash):
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.rmtree(trash, ignore_errors=True)
     print(f"Synthetic sample written to {output_dir} ({described}).")
     return output_dir
