@@ -73,13 +73,14 @@ class GuardedWorker:
     def __init__(self, worker, logger):
         self.worker = worker
         self.submission = worker.submission
+        self.name = f"{type(worker).__name__}({worker.submission})"
         self.logger = logger
         self._failure = None
 
     def _record(self, what: str, error: BaseException) -> None:
-        self.logger.exception(f"{self.worker}: {what}")
         if self._failure is None:
             self._failure = ramp_side_message(what, error)
+        self.logger.exception(f"{self.name}: {what}")
 
     @property
     def status(self):
@@ -117,10 +118,11 @@ class GuardedWorker:
         try:
             self.worker.teardown()
         except Exception:
-            self.logger.exception(f"{self.worker}: teardown failed (ignored)")
+            self.logger.exception(f"{self.name}: teardown failed (ignored)")
 
     def __str__(self):
-        return str(self.worker)
+        # Not the worker's own: ramp-engine's reads its status, which may raise.
+        return f'{self.name}: status="{self.status}"'
 
     __repr__ = __str__
 

@@ -7,8 +7,14 @@ the students submit through ramp-board's database API; the conda-free dispatcher
 environment's ``ramp-test``. The database must then hold exactly the scores
 ``ramp-test`` gives on the same data, the leaderboard must show them, a broken
 submission must be a ``training_error`` with its message, and the starting kit
-served without login must hold no image. One submission also goes through
-ramp-engine's ``dask`` worker on a ``LocalCluster``.
+served without login must hold no image (and hold the students' README).
+
+Then the collaborative phase on a pool of two dask workers, each a simulated
+machine that shares no file with the dispatcher (:mod:`tests.ramp_board_cluster`):
+three more submissions, each trained on one worker, scored as ``ramp-test``
+scores them; the contributivity and combined score the dispatcher computed are
+ramp-board's ``compute-contributivity`` and a local ``ramp-blend``'s; losing a
+worker while it trains fails that submission only.
 
 ramp-board lives in its own environment (``requirements-server.txt``, built once
 and cached, see :mod:`tests.ramp_board_setup`); PostgreSQL is a throwaway cluster
@@ -512,3 +518,50 @@ def test_losing_a_worker_fails_only_its_submission(server, hosts, pool, tmp_path
     assert "KilledWorker" in answers["gwendolyn"]["error_msg"]
     assert answers["henry"]["state"] == "scored", answers["henry"]["error_msg"]
     print(f"lost {lost}; its submission: {answers['gwendolyn']['error_msg']}")
+
+
+# Failures of one submission that used to stop ramp-engine's dispatcher.
+GUARDED_WORKERS = """
+import json, logging
+from ramp_engine.base import BaseWorker
+from atlas_ramp.dispatcher import GuardedWorker
+
+class MissingLog(BaseWorker):
+    def _is_submission_finished(self):
+        return True
+    def _is_submission_interrupted(self):
+        return False
+    def launch_submission(self):
+        super().launch_submission()
+    def collect_results(self):
+        super().collect_results()
+        raise FileNotFoundError("No such file or directory: 'logs/submission_9/log'")
+    def teardown(self):
+        raise OSError("the copy of the predictions failed")
+
+class LostHost(MissingLog):
+    def _is_submission_finished(self):
+        raise ConnectionError("the worker's host does not answer")
+
+answers = []
+for kind in (MissingLog, LostHost):
+    worker = GuardedWorker(kind({}, "submission_9"), logging.getLogger("test"))
+    worker.setup()
+    worker.launch_submission()
+    status = worker.status
+    answers.append([status, *worker.collect_results()])
+    worker.teardown()
+print(json.dumps(answers))
+"""
+
+
+def test_a_failing_worker_ends_its_submission_in_an_error(server):
+    """What the dispatcher calls on a worker never raises: (2, message) instead."""
+    result = server.run("-c", GUARDED_WORKERS)
+    missing_log, lost_host = json.loads(result.stdout.strip().splitlines()[-1])
+    for (status, code, message), cause in [
+        (missing_log, "logs/submission_9/log"),
+        (lost_host, "the worker's host does not answer"),
+    ]:
+        assert (status, code) == ("finished", 2)  # 2: ramp-engine's checking_error
+        assert "RAMP's side" in message and cause in message
