@@ -78,8 +78,10 @@ def close_pool_clients() -> None:
 
 
 def unpack_folder(packed: bytes, destination: Path) -> None:
-    """Extract a ``.tar.gz`` (:func:`~atlas_ramp.worker_host.pack_folder`) as a new
-    ``destination``, built aside and renamed into place."""
+    """Extract :func:`~atlas_ramp.worker_host.pack_folder`'s bytes as ``destination``.
+
+    The folder is built aside and renamed into place, replacing an old one.
+    """
     destination.parent.mkdir(parents=True, exist_ok=True)
     stage = staging_folder(destination.parent, f".{destination.name}-")
     try:
