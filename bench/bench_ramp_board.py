@@ -57,6 +57,7 @@ from tests.ramp_board_setup import (  # noqa: E402
 )
 
 BASELINES = ("starting_kit", "voxel_classifier", "small_cnn")
+FOLDERS = {}  # submissions given as folders (--submissions PATH), by name
 CLIENT = REPO / "tests" / "ramp_board_client.py"
 STUDENT, PASSWORD = "student", "student-password"
 _LOG_LINE = re.compile(
@@ -102,7 +103,7 @@ def ramp_test_times(submissions, data: Path, env: dict, work: Path) -> dict:
         (kit / "submissions").mkdir(parents=True)
         shutil.copy(REPO / "problem.py", kit)
         shutil.copytree(
-            REPO / "submissions" / name,
+            FOLDERS.get(name, REPO / "submissions" / name),
             kit / "submissions" / name,
             ignore=shutil.ignore_patterns("training_output", "__pycache__"),
         )
@@ -163,7 +164,7 @@ def run_event(
         call(
             [server, CLIENT, "submit", f"--config={config}", f"--event={event}",
              f"--team={STUDENT}", f"--name={name}_s",
-             f"--path={REPO / 'submissions' / name}"],
+             f"--path={FOLDERS.get(name, REPO / 'submissions' / name)}"],
             env, deployment,
         )  # fmt: skip
     started = datetime.now().replace(microsecond=0)
@@ -204,7 +205,7 @@ def run_event(
 
 
 def main(argv=None) -> int:
-    global BASELINES
+    global BASELINES, FOLDERS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="data folder (train/, test/)")
     parser.add_argument("--quick", action="store_true", help="RAMP_TEST_MODE=1")
@@ -212,10 +213,14 @@ def main(argv=None) -> int:
         "--dask", action="store_true", help="a pool of 1, then 2 dask workers"
     )
     parser.add_argument(
-        "--submissions", nargs="+", default=BASELINES, help="default: all baselines"
+        "--submissions",
+        nargs="+",
+        default=BASELINES,
+        help="baselines' names or submission folders (default: all baselines)",
     )
     args = parser.parse_args(argv)
-    BASELINES = tuple(args.submissions)
+    FOLDERS = {Path(n).name: Path(n).resolve() for n in args.submissions if "/" in n}
+    BASELINES = tuple(Path(name).name for name in args.submissions)
     env = environment(args.quick)
     server = build_server_venv()
     with tempfile.TemporaryDirectory(prefix="bench-ramp-board-") as work:
