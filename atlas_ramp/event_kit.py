@@ -7,7 +7,9 @@ from two folders of the deployment:
   (``problem.py``, ``download_data.py``, the ``atlas_ramp`` package), the
   baselines in ``submissions/`` and the starting-kit notebook, under the name
   ramp-board wants (``atlas_stroke_starting_kit.ipynb``, a copy of
-  ``starting_kit.ipynb``). ramp-board zips this folder
+  ``starting_kit.ipynb``), and a ``README.md`` for students (a copy of
+  ``atlas_ramp/course_readme.md``: no data here, what to download under the
+  data use agreement, how to test and submit). ramp-board zips this folder
   (``events_archived/<event>.zip``) and its website offers the zip to anyone,
   without login: it is what students download to start;
 * the **course data**, ``ramp-data/atlas_stroke/data/{train,test}``: labelled
@@ -49,8 +51,15 @@ NOTEBOOK = f"{PROBLEM_NAME}_starting_kit.ipynb"
 # below are never copied (outputs, caches and, above all, data).
 KIT_FILES = ("problem.py", "download_data.py", "requirements.txt", "pyproject.toml")
 KIT_FOLDERS = ("atlas_ramp", "submissions")
+COURSE_README = "course_readme.md"  # in atlas_ramp/; the kit's README.md
 _KIT_IGNORE = shutil.ignore_patterns(
-    "training_output", "__pycache__", "*.egg-info", ".cache", "data", "*.nii*"
+    "training_output",
+    "__pycache__",
+    "*.egg-info",
+    ".cache",
+    "data",
+    "*.nii*",
+    COURSE_README,
 )
 REPO = Path(__file__).resolve().parents[1]
 
@@ -147,6 +156,7 @@ def build_kit(destination: Path, repo: Path = REPO) -> None:
         # ramp-board wants <problem>_starting_kit.ipynb; the student's file keeps
         # its own name in the repository.
         shutil.copy2(repo / "starting_kit.ipynb", kit / NOTEBOOK)
+        shutil.copy2(repo / "atlas_ramp" / COURSE_README, kit / "README.md")
         check_kit_has_no_data(kit)
         os.rename(kit, destination)
     finally:

@@ -1,25 +1,26 @@
-"""ramp-engine workers that run ``ramp-test`` from a Python environment, no conda.
+"""A ramp-engine worker that runs ``ramp-test`` from a Python environment, no conda.
 
-ramp-engine's local (``conda``) and ``dask`` workers ask conda where the
-environment of an event lives (``conda info --envs``), then run
-``<env>/bin/ramp-test --submission <name> --save-output ...``. These two
-subclasses skip that question: the event's worker configuration (or the command
-line) gives the environment's prefix as ``python_env``, any virtual environment
-where the kit is installed (``python -m pip install -r requirements.txt``).
-Everything else (logs, time-outs, collecting predictions, error messages) is
-ramp-engine's own code.
+ramp-engine's local (``conda``) worker asks conda where the environment of an
+event lives (``conda info --envs``), then runs ``<env>/bin/ramp-test
+--submission <name> --save-output ...``. :class:`VirtualenvWorker` skips that
+question: the event's worker configuration (or the command line) gives the
+environment's prefix as ``python_env``, any virtual environment where the kit
+is installed (``python -m pip install -r requirements.txt``). Everything else
+(logs, time-outs, collecting predictions, error messages) is ramp-engine's own
+code.
 
-Launch the dispatcher with them from the server's environment::
+:func:`dispatch` runs the course's dispatcher (:mod:`atlas_ramp.dispatcher`)
+with it, from the server's environment::
 
     python -m atlas_ramp.server dispatch --config /srv/ramp/config.yml \\
         --event-config /srv/ramp/events/atlas_stroke_course/config.yml \\
         --python-env /srv/atlas-worker
 
-and with ``--dask-scheduler tcp://HOST:8786`` to train on the host of a dask
-cluster (ramp-engine wants all its dask workers on one machine). Where conda
-exists, ramp-engine's own ``ramp launch dispatcher --event-config ...`` trains
-the same deployment with its ``conda`` worker (``conda_env`` of the event's
-configuration).
+and with ``--dask-scheduler tcp://HOST:8786`` it trains on a pool of dask
+workers on any number of machines instead (:mod:`atlas_ramp.dask_pool`).
+Where conda exists, ramp-engine's own ``ramp launch dispatcher --event-config
+...`` trains the same deployment with its ``conda`` worker (``conda_env`` of
+the event's configuration), without the course dispatcher's changes.
 
 This module imports ramp-engine: it runs in the server's environment only.
 """
@@ -28,14 +29,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import urlparse
 
-from ramp_engine import Dispatcher
 from ramp_engine.base import BaseWorker
 from ramp_engine.local import CondaEnvWorker
-from ramp_engine.remote import DaskWorker, _check_dask_workers_single_machine
 from ramp_utils import read_config
 
+from .dask_pool import DaskPoolWorker, close_pool_clients
+from .dispatcher import CourseDispatcher
 from .event_kit import DeployError
 
 _REQUIRED = ("kit_dir", "data_dir", "submissions_dir", "logs_dir", "predictions_dir")
@@ -85,41 +85,6 @@ class VirtualenvWorker(CondaEnvWorker):
         super().teardown()
 
 
-class VirtualenvDaskWorker(DaskWorker):
-    """ramp-engine's dask worker, running ``<python_env>/bin/ramp-test``.
-
-    ``python_env`` is a path on the dask workers' host. See :class:`DaskWorker`
-    for the rest of the configuration (``dask_scheduler`` among it).
-    """
-
-    def setup(self):
-        from dask.distributed import Client
-
-        for name in (*_REQUIRED, "dask_scheduler"):
-            self._check_config_name(self.config, name)
-        self._python_bin_path = _ramp_test_bin(self)
-        self._client = Client(self.config["dask_scheduler"])
-        urls = list(self._client.nthreads())
-        _check_dask_workers_single_machine(urls)
-        self._is_local_cluster = (
-            urlparse(self.config["dask_scheduler"]).hostname
-            == urlparse(urls[0]).hostname
-        )
-        ramp_test = os.path.join(self._python_bin_path, "ramp-test")
-        if not self._client.submit(os.path.isfile, ramp_test, pure=False).result():
-            self.status = "error"
-            raise ValueError(f"{ramp_test} does not exist on the dask workers' host.")
-        BaseWorker.setup(self)
-
-    def teardown(self):
-        if self.status == "error":
-            if hasattr(self, "_client"):
-                self._client.close()
-            BaseWorker.teardown(self)
-            return
-        super().teardown()
-
-
 def dispatch(
     config: Path | str,
     event_config: Path | str,
@@ -130,7 +95,10 @@ def dispatch(
     n_threads: int | None = None,
     exit_when_done: bool = False,
 ) -> None:
-    """Run ramp-engine's dispatcher for one event with a conda-free worker.
+    """Run the course's dispatcher for one event with a conda-free worker.
+
+    The dispatcher is ramp-engine's, made to survive failed submissions and to
+    keep ramp-board's contributivity up to date (:mod:`atlas_ramp.dispatcher`).
 
     Parameters
     ----------
@@ -139,7 +107,8 @@ def dispatch(
     python_env : path, optional
         The workers' environment prefix; default: the event's ``python_env``.
     dask_scheduler : str, optional
-        Train on a dask cluster (one host) instead of local processes.
+        Train on the dask workers of this scheduler, on any number of hosts
+        (:mod:`atlas_ramp.dask_pool`), instead of local processes.
     n_workers, n_threads : int, optional
         Default: the event's ``dispatcher`` section (1 worker, no thread cap).
     exit_when_done : bool
@@ -156,19 +125,24 @@ def dispatch(
             f"{event_config} names no python_env (the workers' environment): pass "
             "--python-env PREFIX, the environment where the kit is installed."
         )
+    n_threads = n_threads or settings.get("n_threads")
     if dask_scheduler is not None:
         overrides["dask_scheduler"] = dask_scheduler
-    worker_class = VirtualenvDaskWorker if dask_scheduler else VirtualenvWorker
+        overrides["n_threads"] = n_threads  # set on the worker hosts
+    worker_class = DaskPoolWorker if dask_scheduler else VirtualenvWorker
 
     def worker(worker_config, submission):
         return worker_class({**worker_config, **overrides}, submission)
 
-    Dispatcher(
-        config=str(config),
-        event_config=str(event_config),
-        worker=worker,
-        n_workers=n_workers or settings.get("n_workers", 1),
-        n_threads=n_threads or settings.get("n_threads"),
-        hunger_policy="exit" if exit_when_done else settings.get("hunger_policy"),
-        time_between_collection=settings.get("time_between_collection", 1),
-    ).launch()
+    try:
+        CourseDispatcher(
+            config=str(config),
+            event_config=str(event_config),
+            worker=worker,
+            n_workers=n_workers or settings.get("n_workers", 1),
+            n_threads=n_threads,
+            hunger_policy="exit" if exit_when_done else settings.get("hunger_policy"),
+            time_between_collection=settings.get("time_between_collection", 1),
+        ).launch()
+    finally:
+        close_pool_clients()

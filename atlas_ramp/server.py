@@ -383,7 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dis.add_argument(
         "--dask-scheduler",
-        help="run submissions on a dask cluster (one host), e.g. tcp://127.0.0.1:8786",
+        help="train on the dask workers of this scheduler (any number of hosts), "
+        "e.g. tcp://10.0.0.5:8786",
     )
     dis.add_argument("--n-workers", type=int, help="default: the event's dispatcher")
     dis.add_argument(

@@ -16,11 +16,17 @@ dispatcher's own log, ``dispatcher.log``); then the dispatcher's total (command
 start to exit: loading the event, training, scoring, leaderboards) and, last,
 whether the database's bagged test Dice equals ramp-test's.
 
+With ``--dask`` the events are trained on a pool of 1, then 2 dask workers
+(``--dask-scheduler``), each worker a simulated machine of its own
+(``tests/ramp_board_cluster.py``: a mount namespace per worker, so root is
+needed), the dispatcher sending every submission at once.
+
 Usage::
 
     python bench/bench_ramp_board.py               # 4 mm sample, 12 + 6, full
     python bench/bench_ramp_board.py --quick       # RAMP_TEST_MODE=1 everywhere
     python bench/bench_ramp_board.py --data data   # another data folder
+    python bench/bench_ramp_board.py --dask --submissions starting_kit voxel_classifier
 
 Wall times on a shared machine depend on the others; compare the columns of one
 run with each other.
@@ -43,6 +49,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.ramp_board_cluster import SimulatedHosts  # noqa: E402
 from tests.ramp_board_setup import (  # noqa: E402
     ThrowawayPostgres,
     build_server_venv,
@@ -50,6 +57,7 @@ from tests.ramp_board_setup import (  # noqa: E402
 )
 
 BASELINES = ("starting_kit", "voxel_classifier", "small_cnn")
+FOLDERS = {}  # submissions given as folders (--submissions PATH), by name
 CLIENT = REPO / "tests" / "ramp_board_client.py"
 STUDENT, PASSWORD = "student", "student-password"
 _LOG_LINE = re.compile(
@@ -95,7 +103,7 @@ def ramp_test_times(submissions, data: Path, env: dict, work: Path) -> dict:
         (kit / "submissions").mkdir(parents=True)
         shutil.copy(REPO / "problem.py", kit)
         shutil.copytree(
-            REPO / "submissions" / name,
+            FOLDERS.get(name, REPO / "submissions" / name),
             kit / "submissions" / name,
             ignore=shutil.ignore_patterns("training_output", "__pycache__"),
         )
@@ -127,8 +135,7 @@ def worker_times(log: Path, event_start: datetime) -> dict:
     return {name: (ends[name] - starts[name]).total_seconds() for name in ends}
 
 
-def run_event(server, deployment, config, event, n_workers, data, env) -> dict:
-    """Deploy one event, submit the baselines, dispatch; times and Dice."""
+def deploy(server, deployment, event, data, env) -> None:
     call(
         [
             server, "-m", "atlas_ramp.server", "deploy", "--deployment-dir",
@@ -137,6 +144,16 @@ def run_event(server, deployment, config, event, n_workers, data, env) -> dict:
         ],
         env, deployment,
     )  # fmt: skip
+
+
+def run_event(
+    server, deployment, config, event, n_workers, data, env, scheduler=None
+) -> dict:
+    """Deploy one event, submit the baselines, dispatch; times and Dice.
+
+    With a dask ``scheduler``, the dispatcher sends every submission at once.
+    """
+    deploy(server, deployment, event, data, env)
     ramp = server.parent / "ramp"
     call(
         [ramp, "database", "sign-up-team", "--config", config, "--event", event,
@@ -147,7 +164,7 @@ def run_event(server, deployment, config, event, n_workers, data, env) -> dict:
         call(
             [server, CLIENT, "submit", f"--config={config}", f"--event={event}",
              f"--team={STUDENT}", f"--name={name}_s",
-             f"--path={REPO / 'submissions' / name}"],
+             f"--path={FOLDERS.get(name, REPO / 'submissions' / name)}"],
             env, deployment,
         )  # fmt: skip
     started = datetime.now().replace(microsecond=0)
@@ -155,7 +172,9 @@ def run_event(server, deployment, config, event, n_workers, data, env) -> dict:
     call(
         [server, "-m", "atlas_ramp.server", "dispatch", "--config", config,
          "--event-config", deployment / "events" / event / "config.yml",
-         "--n-workers", n_workers, "--exit-when-done"],
+         "--exit-when-done",
+         *(["--dask-scheduler", scheduler, "--n-workers", len(BASELINES)]
+           if scheduler else ["--n-workers", n_workers])],
         env, deployment,
     )  # fmt: skip
     total = time.perf_counter() - start
@@ -186,10 +205,22 @@ def run_event(server, deployment, config, event, n_workers, data, env) -> dict:
 
 
 def main(argv=None) -> int:
+    global BASELINES, FOLDERS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="data folder (train/, test/)")
     parser.add_argument("--quick", action="store_true", help="RAMP_TEST_MODE=1")
+    parser.add_argument(
+        "--dask", action="store_true", help="a pool of 1, then 2 dask workers"
+    )
+    parser.add_argument(
+        "--submissions",
+        nargs="+",
+        default=BASELINES,
+        help="baselines' names or submission folders (default: all baselines)",
+    )
     args = parser.parse_args(argv)
+    FOLDERS = {Path(n).name: Path(n).resolve() for n in args.submissions if "/" in n}
+    BASELINES = tuple(Path(name).name for name in args.submissions)
     env = environment(args.quick)
     server = build_server_venv()
     with tempfile.TemporaryDirectory(prefix="bench-ramp-board-") as work:
@@ -222,19 +253,23 @@ def main(argv=None) -> int:
                  config, "--login", STUDENT],
                 env, deployment,
             )  # fmt: skip
-            events = {
-                n: run_event(
-                    server,
-                    deployment,
-                    config,
-                    f"atlas_stroke_bench_{n}w",
-                    n,
-                    data,
-                    env,
-                )  # fmt: skip
-                for n in (1, 2)
-            }
-    print(f"Data: {described}; mode: {mode}; {os.cpu_count()} CPUs.\n")
+            events = {}
+            for n in (1, 2):
+                event = f"atlas_stroke_bench_{n}w"
+                if not args.dask:
+                    events[n] = run_event(
+                        server, deployment, config, event, n, data, env
+                    )
+                    continue
+                deploy(server, deployment, event, data, env)  # before the copies
+                with SimulatedHosts(
+                    server, deployment, work / f"hosts{n}", n, env
+                ) as hosts:
+                    events[n] = run_event(
+                        server, deployment, config, event, n, data, env, hosts.address
+                    )
+    workers = "dask workers" if args.dask else "workers"
+    print(f"Data: {described}; mode: {mode}; {os.cpu_count()} CPUs; {workers}.\n")
     print(
         "| submission | ramp-test wall (s) | dispatcher, 1 worker (s) "
         "| dispatcher, 2 workers (s) | bagged test Dice: ramp-test / database |"

@@ -68,6 +68,35 @@ def results(config, event, team, name):
     return answer
 
 
+def sign_up(config, event, login, password):
+    """A student account, approved and signed up: ramp-board's CLI, one process."""
+    from ramp_database.cli import main as ramp_database
+
+    for command in (
+        ["add-user", "--login", login, "--password", password, "--lastname",
+         login.title(), "--firstname", "Student", "--email", f"{login}@localhost"],
+        ["approve-user", "--login", login],
+        ["sign-up-team", "--event", event, "--team", login],
+    ):  # fmt: skip
+        ramp_database([*command, "--config", config], standalone_mode=False)
+    return {"signed_up": login}
+
+
+def contributivity(config, event):
+    """The event's combined scores and its scored submissions' contributivity."""
+    from ramp_database.tools._query import select_submissions_by_state
+    from ramp_database.tools.event import get_event
+
+    with _session(config) as session:
+        found = get_event(session, event)
+        scored = select_submissions_by_state(session, event, "scored")
+        return {
+            "combined_valid": found.combined_combined_valid_score,
+            "combined_test": found.combined_combined_test_score,
+            "contributivity": {s.basename: s.contributivity for s in scored},
+        }
+
+
 def frontend(config, event, login, password):
     """What ramp-frontend serves: the kit anonymously, the leaderboard to a user."""
     from ramp_frontend import create_app
@@ -95,7 +124,10 @@ def frontend(config, event, login, password):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="ramp_board_client.py")
-    parser.add_argument("command", choices=("submit", "results", "frontend"))
+    parser.add_argument(
+        "command",
+        choices=("submit", "results", "frontend", "sign-up", "contributivity"),
+    )
     parser.add_argument("--config", required=True)
     parser.add_argument("--event", required=True)
     parser.add_argument("--team", help="the team (a student's login)")
@@ -107,6 +139,10 @@ def main(argv=None):
         answer = submit(args.config, args.event, args.team, args.name, args.path)
     elif args.command == "results":
         answer = results(args.config, args.event, args.team, args.name)
+    elif args.command == "sign-up":
+        answer = sign_up(args.config, args.event, args.team, args.password)
+    elif args.command == "contributivity":
+        answer = contributivity(args.config, args.event)
     else:
         answer = frontend(args.config, args.event, args.team, args.password)
     json.dump(answer, sys.stdout)

@@ -7,8 +7,14 @@ the students submit through ramp-board's database API; the conda-free dispatcher
 environment's ``ramp-test``. The database must then hold exactly the scores
 ``ramp-test`` gives on the same data, the leaderboard must show them, a broken
 submission must be a ``training_error`` with its message, and the starting kit
-served without login must hold no image. One submission also goes through
-ramp-engine's ``dask`` worker on a ``LocalCluster``.
+served without login must hold no image (and hold the students' README).
+
+Then the collaborative phase on a pool of two dask workers, each a simulated
+machine that shares no file with the dispatcher (:mod:`tests.ramp_board_cluster`):
+three more submissions, each trained on one worker, scored as ``ramp-test``
+scores them; the contributivity and combined score the dispatcher computed are
+ramp-board's ``compute-contributivity`` and a local ``ramp-blend``'s; losing a
+worker while it trains fails that submission only.
 
 ramp-board lives in its own environment (``requirements-server.txt``, built once
 and cached, see :mod:`tests.ramp_board_setup`); PostgreSQL is a throwaway cluster
@@ -22,14 +28,17 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from .helpers import REPO, make_kit, ramp_command, run
+from .ramp_board_cluster import NamespacesUnavailable, SimulatedHosts
 from .ramp_board_setup import (
     PostgresUnavailable,
     ThrowawayPostgres,
@@ -229,11 +238,9 @@ def test_redeploying_changes_nothing(server, course):
     )
 
 
-def test_database_scores_equal_ramp_test(server, course, reference):
-    assert course["first"] == {"submitted": "threshold"}
-    answer = server.client("results", event=EVENT, team="alice", name="threshold")
-    assert answer["state"] == "scored", answer["error_msg"]
-    folds = sorted(reference.glob("fold_*"))
+def assert_scores_equal(answer: dict, training_output: Path) -> None:
+    """The database's fold and bagged scores equal ramp-test's, to 1e-9."""
+    folds = sorted(training_output.glob("fold_*"))
     assert len(folds) == 5
     for fold, folder in enumerate(folds):
         expected = pd.read_csv(folder / "scores.csv", index_col=0)
@@ -242,12 +249,21 @@ def test_database_scores_equal_ramp_test(server, course, reference):
                 value = expected.loc[step, score]
                 got = answer["folds"][f"{fold}/{step}"][score]
                 assert got == pytest.approx(value, abs=1e-9), (fold, step, score)
-    bagged = pd.read_csv(reference / "bagged_scores.csv", index_col=[0, 1])
+    bagged = pd.read_csv(training_output / "bagged_scores.csv", index_col=[0, 1])
     for (step, n_bag), row in bagged.iterrows():
         for score in SCORES:
             value = row[score]
             got = answer["bagged"][f"{step}/{n_bag}"][score]
             assert got == pytest.approx(value, abs=1e-9), (step, n_bag, score)
+
+
+def test_database_scores_equal_ramp_test(server, course, reference):
+    assert course["first"] == {"submitted": "threshold"}
+    answer = server.client("results", event=EVENT, team="alice", name="threshold")
+    assert answer["state"] == "scored", answer["error_msg"]
+    assert_scores_equal(answer, reference)
+    folds = sorted(reference.glob("fold_*"))
+    bagged = pd.read_csv(reference / "bagged_scores.csv", index_col=[0, 1])
     # Shown with `pytest -s`: the figures compared above.
     for fold, folder in enumerate(folds):
         expected = pd.read_csv(folder / "scores.csv", index_col=0)
@@ -277,6 +293,7 @@ def test_leaderboard_shows_the_score_and_the_kit_holds_no_data(server, course):
     files = answer["kit_files"]
     assert "problem.py" in files and "atlas_stroke_starting_kit.ipynb" in files
     assert "submissions/starting_kit/estimator.py" in files
+    assert "README.md" in files  # the students' instructions
     assert not [name for name in files if name.endswith((".nii", ".nii.gz"))]
     assert not [name for name in files if name.startswith("data/")]
     assert answer["anonymous_leaderboard_status"] == 302  # ... the leaderboard not
@@ -306,55 +323,10 @@ def test_deploy_refuses_a_kit_with_images(server, course, small_sample):
     assert not (kit / "events_archived" / "atlas_stroke_second_course.zip").exists()
 
 
-@pytest.fixture
-def dask_cluster(server):
-    """A dask LocalCluster on 127.0.0.1 in the server's environment; its address."""
-    process = subprocess.Popen(
-        [str(server.python), str(CLIENT.with_name("ramp_board_cluster.py"))],
-        cwd=server.deployment,  # ramp-engine writes its logs in the current folder
-        env=server_env(),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        address = process.stdout.readline().strip()
-        assert address.startswith("tcp://127.0.0.1:"), address
-        yield address
-    finally:
-        process.stdin.close()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def sign_up(server, login, password):
     """A student account, approved and signed up to the event (ramp-board's CLI)."""
-    config = ("--config", server.config)
-    server.ramp(
-        "database", "add-user", *config, "--login", login, "--password", password,
-        "--lastname", login.title(), "--firstname", "Student",
-        "--email", f"{login}@localhost",
-    )  # fmt: skip
-    server.ramp("database", "approve-user", *config, "--login", login)
-    server.ramp("database", "sign-up-team", *config, "--event", EVENT, "--team", login)
-
-
-def test_dask_worker(server, course, reference, dask_cluster):
-    sign_up(server, "carol", "carol-password")
-    submitted = server.client(
-        "submit", event=EVENT, team="carol", name="threshold_dask",
-        path=REPO / "submissions" / "starting_kit",
-    )  # fmt: skip
-    assert submitted == {"submitted": "threshold_dask"}
-    server.dispatch("--dask-scheduler", dask_cluster)
-    answer = server.client("results", event=EVENT, team="carol", name="threshold_dask")
-    assert answer["state"] == "scored", answer["error_msg"]
-    bagged = pd.read_csv(reference / "bagged_scores.csv", index_col=[0, 1])
-    got = answer["bagged"]["test/4"]["dice"]
-    assert got == pytest.approx(bagged.loc[("test", 4), "dice"], abs=1e-9)
+    answer = server.client("sign-up", event=EVENT, team=login, password=password)
+    assert answer == {"signed_up": login}
 
 
 def test_a_worker_without_ramp_test_is_a_checking_error(server, course, tmp_path):
@@ -371,3 +343,225 @@ def test_a_worker_without_ramp_test_is_a_checking_error(server, course, tmp_path
     )
     assert answer["state"] == "checking_error"
     assert "problem with sending your submission" in answer["error_msg"]
+
+
+# The collaborative phase on a pool of dask workers: three students' variants of
+# the starting kit (a fixed threshold each, so that their predictions differ).
+POOL = {"carol": -1.0, "erika": -2.0, "frank": -1.5}
+
+
+def threshold_variant(folder: Path, threshold: float) -> Path:
+    """The starting kit with one fixed threshold."""
+    code = (REPO / "submissions" / "starting_kit" / "estimator.py").read_text()
+    learned = "THRESHOLDS = np.linspace(-3.0, -0.5, 11)"
+    assert learned in code
+    folder.mkdir(parents=True, exist_ok=True)
+    fixed = code.replace(learned, f"THRESHOLDS = np.array([{threshold}])")
+    (folder / "estimator.py").write_text(fixed)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hosts(server, course, tmp_path_factory):
+    """Two dask workers on simulated machines of their own (no shared files)."""
+    folder = tmp_path_factory.mktemp("hosts")
+    try:
+        with SimulatedHosts(
+            server.python, server.deployment, folder, 2, server_env()
+        ) as cluster:
+            yield cluster
+    except NamespacesUnavailable as error:
+        if in_ci():
+            pytest.fail(f"CI must run the dask pool tests: {error}")
+        pytest.skip(str(error))
+
+
+@pytest.fixture(scope="module")
+def pool(server, hosts, tmp_path_factory):
+    """Three submissions trained by the dispatcher on the two dask workers."""
+    folders = {}
+    for login, threshold in POOL.items():
+        sign_up(server, login, f"{login}-password")
+        folder = threshold_variant(tmp_path_factory.mktemp(login), threshold)
+        submitted = server.client(
+            "submit", event=EVENT, team=login, name=f"fixed_{login}", path=folder
+        )
+        assert submitted == {"submitted": f"fixed_{login}"}
+        folders[login] = folder
+    start = time.perf_counter()
+    server.dispatch("--dask-scheduler", hosts.address, "--n-workers", "3")
+    print(f"two dask workers, three submissions: {time.perf_counter() - start:.1f} s")
+    results = {
+        login: server.client("results", event=EVENT, team=login, name=f"fixed_{login}")
+        for login in POOL
+    }
+    return {"results": results, "folders": folders}
+
+
+@pytest.fixture(scope="module")
+def local_outputs(server, pool, reference, small_sample, tmp_path_factory):
+    """Every scored submission's ``ramp-test --save-output`` and their ``ramp-blend``.
+
+    In a local kit, under the names the server gives them, in the server's order.
+    """
+    kit = make_kit(tmp_path_factory.mktemp("blend"), small_sample, ())
+    scored = list(server.client("contributivity", event=EVENT)["contributivity"])
+    alice = server.client("results", event=EVENT, team="alice", name="threshold")
+    for login, answer in [("alice", alice), *pool["results"].items()]:
+        folder = kit / "submissions" / answer["basename"]
+        if login == "alice":  # the starting kit, already run
+            shutil.copytree(REPO / "submissions" / "starting_kit", folder)
+            shutil.copytree(reference, folder / "training_output")
+        else:
+            shutil.copytree(pool["folders"][login], folder)
+            run(kit, ramp_command("ramp-test"), "--submission", folder.name,
+                "--save-output")  # fmt: skip
+    assert sorted(scored) == sorted(
+        a["basename"] for a in [alice, *pool["results"].values()]
+    )
+    run(kit, ramp_command("ramp-blend"), f"--submissions={scored!r}", "--save-output")
+    return kit / "submissions"
+
+
+def test_pool_trains_each_submission_on_one_worker(server, hosts, pool, local_outputs):
+    used = []
+    for answer in pool["results"].values():
+        assert answer["state"] == "scored", answer["error_msg"]
+        assert_scores_equal(
+            answer, local_outputs / answer["basename"] / "training_output"
+        )
+        log = server.deployment / "events" / EVENT / "logs" / answer["basename"] / "log"
+        workers = re.findall(r"^Trained on dask worker (\S+)", log.read_text(), re.M)
+        assert len(workers) == 1, workers  # all of its steps: one task, one worker
+        used.append(workers[0])
+    assert sorted(set(used)) == ["host-a", "host-b"]
+    for name in hosts.workers:  # the machines never saw the submissions
+        assert not (hosts.folder / name / "deployment" / "events").exists()
+
+
+def test_contributivity_is_ramp_boards(server, pool, local_outputs):
+    automatic = server.client("contributivity", event=EVENT)
+    shares = automatic["contributivity"]
+    assert len(shares) == 4
+    assert sum(shares.values()) == pytest.approx(1, abs=1e-9)
+    print("contributivity:", shares, "combined valid/test:",
+          automatic["combined_valid"], automatic["combined_test"])  # fmt: skip
+    # The dispatcher ran what `ramp database compute-contributivity` runs.
+    server.ramp(
+        "database", "compute-contributivity", "--config", server.config,
+        "--config-event", server.event_config,
+    )  # fmt: skip
+    assert server.client("contributivity", event=EVENT) == automatic
+    # ... which is ramp-blend on ramp-test's own predictions.
+    blended = local_outputs / "training_output"
+    combined = pd.read_csv(blended / "bagged_scores_combined.csv")
+    last = combined[(combined["step"] == "test") & (combined["n_bag"] == 4)]
+    assert automatic["combined_test"] == pytest.approx(last["dice"].item(), abs=1e-9)
+    folds = pd.read_csv(blended / "contributivities.csv", index_col="submission")
+    for name, share in shares.items():
+        local = folds.loc[name, [f"fold_{fold}" for fold in range(5)]].sum()
+        assert share == pytest.approx(local, abs=1e-9), name
+    dispatcher_log = (server.deployment / "dispatcher.log").read_text()
+    assert "Contributivity updated" in dispatcher_log
+    page = server.client(
+        "frontend", event=EVENT, team="carol", password="carol-password"
+    )["leaderboard_html"]
+    assert re.search(r"<th[^>]*>\s*contributivity\s*</th>", page), page[:3000]
+
+
+def test_losing_a_worker_fails_only_its_submission(server, hosts, pool, tmp_path):
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "estimator.py").write_text(
+        "import time\n\n\nclass Slow:\n    def fit(self, X, y):\n"
+        "        time.sleep(600)\n\n\ndef get_estimator():\n    return Slow()\n"
+    )
+    runs = {
+        "gwendolyn": ("slowpoke", slow),
+        "henry": ("fixed_henry", pool["folders"]["carol"]),
+    }
+    for login, (name, folder) in runs.items():
+        sign_up(server, login, f"{login}-password")
+        submitted = server.client(
+            "submit", event=EVENT, team=login, name=name, path=folder
+        )
+        assert submitted == {"submitted": name}
+    slow_run = server.client("results", event=EVENT, team="gwendolyn", name="slowpoke")
+    basename = slow_run["basename"]
+    with open(tmp_path / "dispatcher.out", "wb") as output:
+        dispatcher = subprocess.Popen(
+            [str(server.python), "-m", "atlas_ramp.server", "dispatch",
+             "--config", str(server.config), "--event-config", str(server.event_config),
+             "--dask-scheduler", hosts.address, "--n-workers", "2"],
+            cwd=server.deployment, env=server_env(), stdout=output,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        lost = hosts.lose_machine_running(basename)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            answers = {
+                login: server.client("results", event=EVENT, team=login, name=name)
+                for login, (name, _) in runs.items()
+            }
+            states = [answer["state"] for answer in answers.values()]
+            if all(state == "scored" or "error" in state for state in states):
+                break
+            time.sleep(2)
+        output = (tmp_path / "dispatcher.out").read_text()
+        assert dispatcher.poll() is None, output[-3000:]
+    finally:
+        dispatcher.send_signal(signal.SIGINT)
+        dispatcher.wait(timeout=60)
+    assert answers["gwendolyn"]["state"] == "checking_error", answers["gwendolyn"]
+    assert "RAMP's side" in answers["gwendolyn"]["error_msg"]
+    assert "KilledWorker" in answers["gwendolyn"]["error_msg"]
+    assert answers["henry"]["state"] == "scored", answers["henry"]["error_msg"]
+    print(f"lost {lost}; its submission: {answers['gwendolyn']['error_msg']}")
+
+
+# Failures of one submission that used to stop ramp-engine's dispatcher.
+GUARDED_WORKERS = """
+import json, logging
+from ramp_engine.base import BaseWorker
+from atlas_ramp.dispatcher import GuardedWorker
+
+class MissingLog(BaseWorker):
+    def _is_submission_finished(self):
+        return True
+    def _is_submission_interrupted(self):
+        return False
+    def launch_submission(self):
+        super().launch_submission()
+    def collect_results(self):
+        super().collect_results()
+        raise FileNotFoundError("No such file or directory: 'logs/submission_9/log'")
+    def teardown(self):
+        raise OSError("the copy of the predictions failed")
+
+class LostHost(MissingLog):
+    def _is_submission_finished(self):
+        raise ConnectionError("the worker's host does not answer")
+
+answers = []
+for kind in (MissingLog, LostHost):
+    worker = GuardedWorker(kind({}, "submission_9"), logging.getLogger("test"))
+    worker.setup()
+    worker.launch_submission()
+    status = worker.status
+    answers.append([status, *worker.collect_results()])
+    worker.teardown()
+print(json.dumps(answers))
+"""
+
+
+def test_a_failing_worker_ends_its_submission_in_an_error(server):
+    """What the dispatcher calls on a worker never raises: (2, message) instead."""
+    result = server.run("-c", GUARDED_WORKERS)
+    missing_log, lost_host = json.loads(result.stdout.strip().splitlines()[-1])
+    for (status, code, message), cause in [
+        (missing_log, "logs/submission_9/log"),
+        (lost_host, "the worker's host does not answer"),
+    ]:
+        assert (status, code) == ("finished", 2)  # 2: ramp-engine's checking_error
+        assert "RAMP's side" in message and cause in message

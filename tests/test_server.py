@@ -48,6 +48,8 @@ def test_served_kit_has_code_and_notebook_but_no_data(tmp_path):
     ).read_bytes()
     assert (kit / "submissions" / "starting_kit" / "estimator.py").is_file()
     assert (kit / "atlas_ramp" / "server.py").is_file()
+    readme = (kit / "README.md").read_text()  # for students: no data, how to submit
+    assert "data use agreement" in readme and "5 to 19 characters" in readme
     assert not (kit / "data").exists()
     names = [path.name for path in kit.rglob("*")]
     assert not [name for name in names if event_kit.is_nifti(name)]
