@@ -184,3 +184,20 @@ def test_the_scan_sees_imports_at_any_depth_and_skips_guarded_ones(tmp_path):
         encoding="utf-8",
     )
     assert imported_modules(source) == {"os", "yaml", "toml_thing"}
+
+
+def test_the_server_and_the_pools_workers_pin_dask_alike():
+    def pins(filename):
+        found = {}
+        for line in _requirement_lines(REPO / filename):
+            requirement = Requirement(line)
+            found[canonicalize_name(requirement.name)] = str(requirement.specifier)
+        return found
+
+    server, worker = pins("requirements-server.txt"), pins("requirements-worker.txt")
+    for name in ("dask", "distributed"):
+        assert server.get(name, "").startswith("=="), f"pin {name} on the server"
+        assert worker.get(name) == server[name], (
+            f"requirements-worker.txt asks {name}{worker.get(name)}, the server "
+            f"{name}{server[name]}: dask wants one version on every machine."
+        )
