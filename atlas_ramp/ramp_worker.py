@@ -9,6 +9,12 @@ where the kit is installed (``python -m pip install -r requirements.txt``).
 Everything else (logs, time-outs, collecting predictions, error messages) is
 ramp-engine's own code.
 
+The local worker trains each submission in a sandbox where the private test
+masks cannot be read, and scores its test predictions outside it
+(:func:`atlas_ramp.sandbox.run_sandboxed_submission`); ``--no-sandbox`` (the
+event's ``worker: sandbox: false``) runs plain ``ramp-test`` instead, where
+bubblewrap cannot work and every student is trusted.
+
 Launch the dispatcher with them from the server's environment::
 
     python -m atlas_ramp.server dispatch --config /srv/ramp/config.yml \\
@@ -27,6 +33,10 @@ This module imports ramp-engine: it runs in the server's environment only.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import warnings
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -37,6 +47,7 @@ from ramp_engine.remote import DaskWorker, _check_dask_workers_single_machine
 from ramp_utils import read_config
 
 from .event_kit import DeployError
+from .sandbox import SandboxUnavailable, check_sandbox
 
 _REQUIRED = ("kit_dir", "data_dir", "submissions_dir", "logs_dir", "predictions_dir")
 
@@ -61,7 +72,8 @@ class VirtualenvWorker(CondaEnvWorker):
     config : dict
         ramp-engine's worker configuration (``kit_dir``, ``data_dir``,
         ``submissions_dir``, ``logs_dir``, ``predictions_dir``, ``timeout``) and
-        ``python_env``: the prefix of the environment to run ``ramp-test`` from.
+        ``python_env``: the prefix of the environment to run ``ramp-test`` from;
+        ``sandbox`` (default True): train in the sandbox, score outside.
     submission : str
         The name of the submission to train.
     """
@@ -77,6 +89,51 @@ class VirtualenvWorker(CondaEnvWorker):
                 "in that environment, or correct python_env."
             )
         BaseWorker.setup(self)
+
+    def launch_submission(self):
+        """Start ``python -m atlas_ramp.sandbox`` (or plain ``ramp-test``).
+
+        Its output goes to ramp-engine's log, as ``ramp-test``'s does; the
+        scored ``training_output`` is where ramp-engine collects it from.
+        """
+        if not self.config.get("sandbox", True):
+            return super().launch_submission()
+        if self.status == "running":
+            raise ValueError(
+                "Wait that the submission is processed before to launch a new one."
+            )
+        self._log_dir = os.path.join(self.config["logs_dir"], self.submission)
+        os.makedirs(self._log_dir, exist_ok=True)
+        log_path = os.path.join(self._log_dir, "log")
+        open(log_path, "wb").close()
+        # Appending: the sandbox's processes write to the same file.
+        self._log_file = open(log_path, "ab")
+        submission_dir = os.path.join(self.config["submissions_dir"], self.submission)
+        self._proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "atlas_ramp.sandbox",
+                "--kit-dir",
+                self.config["kit_dir"],
+                "--data-dir",
+                self.config["data_dir"],
+                "--submission-dir",
+                submission_dir,
+                "--python-env",
+                str(Path(self._python_bin_path).parent),
+                "--output-dir",
+                os.path.join(submission_dir, "training_output"),
+                "--log",
+                log_path,
+                "--timeout",
+                str(self.timeout),
+            ],  # fmt: skip
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+        )
+        BaseWorker.launch_submission(self)
+        self._start_date = datetime.utcnow()
 
     def teardown(self):
         if self.status == "error":  # never launched: nothing to collect
@@ -129,6 +186,7 @@ def dispatch(
     n_workers: int | None = None,
     n_threads: int | None = None,
     exit_when_done: bool = False,
+    sandbox: bool | None = None,
 ) -> None:
     """Run ramp-engine's dispatcher for one event with a conda-free worker.
 
@@ -144,10 +202,22 @@ def dispatch(
         Default: the event's ``dispatcher`` section (1 worker, no thread cap).
     exit_when_done : bool
         Stop when no submission is left to train (else poll for new ones).
+    sandbox : bool, optional
+        Train in the sandbox (:mod:`atlas_ramp.sandbox`); default: the event's
+        ``worker: sandbox`` setting, True when absent. False lets students'
+        code read the private test masks.
+
+    Raises
+    ------
+    DeployError
+        No python_env; the sandbox wanted but bubblewrap missing or refused
+        here; the sandbox wanted with a dask cluster (not sandboxed yet).
     """
     event = read_config(str(event_config))
     settings = event.get("dispatcher", {})
-    overrides = {}
+    if sandbox is None:
+        sandbox = bool(event.get("worker", {}).get("sandbox", True))
+    overrides = {"sandbox": sandbox}
     if python_env is not None:
         overrides["python_env"] = str(Path(python_env).resolve())
     prefix = overrides.get("python_env", event.get("worker", {}).get("python_env"))
@@ -158,6 +228,24 @@ def dispatch(
         )
     if dask_scheduler is not None:
         overrides["dask_scheduler"] = dask_scheduler
+    if sandbox and dask_scheduler is not None:
+        raise DeployError(
+            "The dask worker does not train in the sandbox yet: pass --no-sandbox "
+            "to train there anyway (students' code can then read the private test "
+            "masks), or train with local workers (no --dask-scheduler)."
+        )
+    if sandbox:
+        try:
+            check_sandbox()
+        except SandboxUnavailable as error:
+            raise DeployError(str(error)) from error
+    else:
+        warnings.warn(
+            "Training WITHOUT the sandbox (--no-sandbox): students' code runs "
+            "beside the private test masks and can read them; the private "
+            "leaderboard is only as honest as every student.",
+            stacklevel=2,
+        )
     worker_class = VirtualenvDaskWorker if dask_scheduler else VirtualenvWorker
 
     def worker(worker_config, submission):
