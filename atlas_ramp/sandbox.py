@@ -241,7 +241,8 @@ def sandbox_command(
         Run this instead of ``ramp-test`` (tests of the view).
     """
     python_env = Path(python_env).resolve()
-    data = Path(data_dir).resolve() / "data"
+    # Resolved: the volume cache's entries name their sources by real path.
+    data = (Path(data_dir) / "data").resolve()
     package = Path(environment["package"])
     view = [
         bwrap, "--unshare-all", "--die-with-parent", "--new-session",

@@ -349,7 +349,8 @@ def test_dask_worker(server, course, reference, dask_cluster):
         path=REPO / "submissions" / "starting_kit",
     )  # fmt: skip
     assert submitted == {"submitted": "threshold_dask"}
-    server.dispatch("--dask-scheduler", dask_cluster)
+    # The dask worker does not sandbox yet: the course issue's pool will.
+    server.dispatch("--dask-scheduler", dask_cluster, "--no-sandbox")
     answer = server.client("results", event=EVENT, team="carol", name="threshold_dask")
     assert answer["state"] == "scored", answer["error_msg"]
     bagged = pd.read_csv(reference / "bagged_scores.csv", index_col=[0, 1])
@@ -371,3 +372,180 @@ def test_a_worker_without_ramp_test_is_a_checking_error(server, course, tmp_path
     )
     assert answer["state"] == "checking_error"
     assert "problem with sending your submission" in answer["error_msg"]
+
+
+# A submission that looks for the private test masks every way it can, and says
+# in its output what it tried (issue 30). Without the sandbox it finds them.
+PEEK = """
+import glob, socket
+import numpy as np, nibabel as nib
+
+DEPLOYMENT, PORT = {deployment!r}, {port!r}
+MASK = "_label-L_desc-T1lesion_mask.nii.gz"
+
+
+def read(route, path):
+    try:
+        mask = np.asarray(nib.load(str(path)).dataobj) > 0
+    except Exception as error:
+        print(f"PEEK {{route}}: refused {{path}}: {{type(error).__name__}}", flush=True)
+        return None
+    print(f"PEEK {{route}}: read {{path}}", flush=True)
+    return mask
+
+
+class Peek:
+    def fit(self, X, y):
+        try:
+            socket.create_connection(("127.0.0.1", PORT), timeout=5).close()
+            print("PEEK tcp: connected", flush=True)
+        except OSError as error:
+            print(f"PEEK tcp: refused: {{error!r}}", flush=True)
+        return self
+
+    def predict(self, X):
+        out = np.zeros(X.shape, bool)
+        for i, s in enumerate(X.subjects):
+            name = s.subject_id + "_"
+            routes = [("mask_path", s.mask_path)] if s.mask_path else []
+            routes.append(("t1w_path", str(s.t1w_path).replace("_T1w.nii.gz", MASK)))
+            for pattern, route in [
+                (f"{{DEPLOYMENT}}/**/{{name}}*{{MASK}}", "glob"),
+                (f"/proc/self/cwd/**/{{name}}*{{MASK}}", "proc_cwd"),
+            ]:
+                found = glob.glob(pattern, recursive=True)
+                print(f"PEEK {{route}}: {{len(found)}} found for {{s.subject_id}}")
+                routes += [(route, path) for path in found]
+            for route, path in routes:
+                mask = read(route, path)
+                if mask is not None:
+                    out[i] = mask
+                    break
+        return out
+
+
+def get_estimator():
+    return Peek()
+"""
+
+# The starting kit, and, when ramp-test exits, perfect scores written over its
+# score files, and a link to a host file in its output.
+FORGE = """
+
+import atexit as _atexit
+import os as _os
+from pathlib import Path as _Path
+
+_OUTPUT = _Path(__file__).resolve().parent / "training_output"
+_ROW = "1.0,1.0,0.0,0.0"
+
+
+def _forge():
+    header = "dice,lesion_f1,volume_diff_ml,lesion_count_diff"
+    for fold in _OUTPUT.glob("fold_*"):
+        rows = [f"{step},{_ROW},0.1" for step in ("train", "valid", "test")]
+        (fold / "scores.csv").write_text("\\n".join([f"score,{header},time", *rows]))
+    rows = [f"{step},{n},{_ROW}" for step in ("valid", "test") for n in range(5)]
+    text = "\\n".join([f"step,n_bag,{header}", *rows])
+    (_OUTPUT / "bagged_scores.csv").write_text(text)
+    _os.symlink("/etc/passwd", _OUTPUT / "fold_0" / "stolen")
+    print("FORGED", flush=True)
+
+
+_atexit.register(_forge)
+"""
+
+
+def nothing_scores(server) -> dict:
+    """What predicting no lesion scores on the deployment's private test set."""
+    from atlas_ramp.masks import SparseProba
+    from atlas_ramp.scores import atlas_score_types
+    from atlas_ramp.volumes import load_split
+
+    data = server.deployment / "ramp-data" / "atlas_stroke" / "data"
+    X, y = load_split(data, "test")
+    empty = [SparseProba([], [], X.volume_shape, X.voxel_volume_ml)] * len(X)
+    return {score.name: score(y, empty) for score in atlas_score_types()}
+
+
+def submission_log(server, answer) -> str:
+    log = server.deployment / "events" / EVENT / "logs" / answer["basename"] / "log"
+    return log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def cheats(server, course, postgres, tmp_path_factory):
+    """The peek and the forged scores, submitted by two students, trained."""
+    peek = tmp_path_factory.mktemp("peek")
+    source = PEEK.format(deployment=str(server.deployment), port=postgres.port)
+    (peek / "estimator.py").write_text(source)
+    forge = tmp_path_factory.mktemp("forged_scores")
+    shutil.copytree(REPO / "submissions" / "starting_kit", forge, dirs_exist_ok=True)
+    with open(forge / "estimator.py", "a") as estimator:
+        estimator.write(FORGE)
+    for team, name, path in [("eve", "peek", peek), ("mallory", "forged", forge)]:
+        sign_up(server, team, f"{team}-password")
+        answer = server.client("submit", event=EVENT, team=team, name=name, path=path)
+        assert answer == {"submitted": name}
+    server.dispatch("--n-workers", "2")
+    return peek
+
+
+def test_peek_scores_what_predicting_nothing_scores(server, cheats):
+    answer = server.client("results", event=EVENT, team="eve", name="peek")
+    assert answer["state"] == "scored", answer["error_msg"]
+    expected = nothing_scores(server)
+    assert expected["dice"] < 0.5  # the sample's test subjects have lesions
+    for score, value in expected.items():
+        for fold in range(5):
+            got = answer["folds"][f"{fold}/test"][score]
+            assert got == pytest.approx(value, abs=1e-9), (fold, score)
+        assert answer["bagged"]["test/4"][score] == pytest.approx(value, abs=1e-9)
+    log = submission_log(server, answer)
+    assert "PEEK tcp: refused" in log
+    test_reads = re.findall(r"PEEK (\w+): (read|refused) \S*/data/test/", log)
+    assert test_reads and all(result == "refused" for _, result in test_reads)
+    assert {route for route, _ in test_reads} == {"t1w_path"}  # no mask_path
+    assert re.search(r"PEEK glob: 0 found", log)
+    assert re.search(r"PEEK proc_cwd: 0 found", log)
+    dice = answer["bagged"]["test/4"]["dice"]
+    print(f"peek in the sandbox: bagged test Dice {dice}")
+
+
+def test_forged_score_files_change_nothing(server, cheats, reference):
+    answer = server.client("results", event=EVENT, team="mallory", name="forged")
+    assert answer["state"] == "scored", answer["error_msg"]
+    log = submission_log(server, answer)
+    assert "FORGED" in log and "removed fold_0/stolen" in log
+    for fold, folder in enumerate(sorted(reference.glob("fold_*"))):
+        expected = pd.read_csv(folder / "scores.csv", index_col=0)
+        for step in ("train", "valid", "test"):
+            for score in SCORES:
+                got = answer["folds"][f"{fold}/{step}"][score]
+                assert got == pytest.approx(expected.loc[step, score], abs=1e-9)
+    bagged = pd.read_csv(reference / "bagged_scores.csv", index_col=[0, 1])
+    for (step, n_bag), row in bagged.iterrows():
+        for score in SCORES:
+            got = answer["bagged"][f"{step}/{n_bag}"][score]
+            assert got == pytest.approx(row[score], abs=1e-9), (step, n_bag, score)
+    predictions = server.deployment / "events" / EVENT / "predictions"
+    assert not list(predictions.rglob("stolen"))
+
+
+def test_without_the_sandbox_the_peek_reads_the_test_masks(server, cheats):
+    """What the sandbox prevents, with --no-sandbox (and its warning)."""
+    sign_up(server, "trudy", "trudy-password")
+    answer = server.client(
+        "submit", event=EVENT, team="trudy", name="peek_unsandboxed", path=cheats
+    )
+    assert answer == {"submitted": "peek_unsandboxed"}
+    dispatched = server.dispatch("--no-sandbox")
+    assert "WITHOUT the sandbox" in dispatched.stderr
+    answer = server.client(
+        "results", event=EVENT, team="trudy", name="peek_unsandboxed"
+    )
+    assert answer["state"] == "scored", answer["error_msg"]
+    assert answer["bagged"]["test/4"]["dice"] == 1.0
+    assert "PEEK tcp: connected" in submission_log(server, answer)
+    dice = answer["bagged"]["test/4"]["dice"]
+    print(f"peek without sandbox: bagged test Dice {dice}")
