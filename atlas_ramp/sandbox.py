@@ -42,7 +42,7 @@ from pathlib import Path
 
 from ._io import link_or_copy, staging_folder
 from .bids import find_subjects
-from .testmode import UNLABELLED_TEST_VARIABLE
+from .testmode import QUICK_TEST_VARIABLE, UNLABELLED_TEST_VARIABLE
 
 #: Where the kit and the submissions are, inside the sandbox.
 SANDBOX_KIT = "/ramp/kit"
@@ -50,7 +50,7 @@ SANDBOX_SUBMISSIONS = "/ramp/submissions"
 #: Variables passed into the sandbox; everything else (a database password...)
 #: stays outside.
 PASSED_VARIABLES = (
-    "RAMP_TEST_MODE",
+    QUICK_TEST_VARIABLE,
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",

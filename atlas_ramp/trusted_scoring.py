@@ -14,8 +14,8 @@ replacing what the submission's process wrote there:
 * ``fold_<i>/{train,valid,test}_time``: rewritten as plain numbers.
 
 Run ``python -m atlas_ramp.trusted_scoring --kit-dir K --data-dir D
---training-output T`` with the environment ``ramp-test`` ran with
-(``RAMP_TEST_MODE`` included), without ``ATLAS_RAMP_UNLABELLED_TEST``.
+--training-output T`` in the quick mode ``ramp-test`` ran in (the same
+variables), without ``ATLAS_RAMP_UNLABELLED_TEST``.
 """
 
 from __future__ import annotations
