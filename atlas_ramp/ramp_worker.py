@@ -109,28 +109,22 @@ class VirtualenvWorker(CondaEnvWorker):
         # Appending: the sandbox's processes write to the same file.
         self._log_file = open(log_path, "ab")
         submission_dir = os.path.join(self.config["submissions_dir"], self.submission)
+        options = {
+            "--kit-dir": self.config["kit_dir"],
+            "--data-dir": self.config["data_dir"],
+            "--submission-dir": submission_dir,
+            "--python-env": str(Path(self._python_bin_path).parent),
+            "--output-dir": os.path.join(submission_dir, "training_output"),
+            "--log": log_path,
+            # A little before ramp-engine's own kill, so that the runner stops
+            # the sandbox and removes its staging folder itself.
+            "--timeout": str(max(1.0, 0.99 * self.timeout - 5)),
+        }
+        command = [sys.executable, "-m", "atlas_ramp.sandbox"]
+        for option, value in options.items():
+            command += [option, value]
         self._proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "atlas_ramp.sandbox",
-                "--kit-dir",
-                self.config["kit_dir"],
-                "--data-dir",
-                self.config["data_dir"],
-                "--submission-dir",
-                submission_dir,
-                "--python-env",
-                str(Path(self._python_bin_path).parent),
-                "--output-dir",
-                os.path.join(submission_dir, "training_output"),
-                "--log",
-                log_path,
-                "--timeout",
-                str(self.timeout),
-            ],  # fmt: skip
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
+            command, stdout=self._log_file, stderr=subprocess.STDOUT
         )
         BaseWorker.launch_submission(self)
         self._start_date = datetime.utcnow()

@@ -240,7 +240,7 @@ def sandbox_command(
     command : list of str, optional
         Run this instead of ``ramp-test`` (tests of the view).
     """
-    python_env = Path(python_env).resolve()
+    original_env, python_env = python_env, Path(python_env).resolve()
     # Resolved: the volume cache's entries name their sources by real path.
     data = (Path(data_dir) / "data").resolve()
     package = Path(environment["package"])
@@ -259,6 +259,8 @@ def sandbox_command(
         "--ro-bind", str(staged_test[1]), str(data / ".cache" / "test"),
         "--bind", str(submissions), SANDBOX_SUBMISSIONS,
     ]  # fmt: skip
+    if Path(given_env := os.path.abspath(original_env)) != python_env:
+        view += ["--symlink", str(python_env), given_env]  # scripts' shebangs
     for device in sorted(glob.glob("/dev/nvidia*")):  # GPUs, where there are some
         view += ["--dev-bind", device, device]
     variables = {
