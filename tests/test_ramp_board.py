@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from .cheats import FORGE, PEEK
 from .helpers import REPO, make_kit, ramp_command, run
 from .ramp_board_setup import (
     PostgresUnavailable,
@@ -350,7 +351,8 @@ def test_dask_worker(server, course, reference, dask_cluster):
     )  # fmt: skip
     assert submitted == {"submitted": "threshold_dask"}
     # The dask worker does not sandbox yet: the course issue's pool will.
-    server.dispatch("--dask-scheduler", dask_cluster, "--no-sandbox")
+    dispatched = server.dispatch("--dask-scheduler", dask_cluster, "--no-sandbox")
+    assert "WITHOUT the sandbox" in dispatched.stderr
     answer = server.client("results", event=EVENT, team="carol", name="threshold_dask")
     assert answer["state"] == "scored", answer["error_msg"]
     bagged = pd.read_csv(reference / "bagged_scores.csv", index_col=[0, 1])
@@ -372,88 +374,6 @@ def test_a_worker_without_ramp_test_is_a_checking_error(server, course, tmp_path
     )
     assert answer["state"] == "checking_error"
     assert "problem with sending your submission" in answer["error_msg"]
-
-
-# A submission that looks for the private test masks every way it can, and says
-# in its output what it tried (issue 30). Without the sandbox it finds them.
-PEEK = """
-import glob, socket
-import numpy as np, nibabel as nib
-
-DEPLOYMENT, PORT = {deployment!r}, {port!r}
-MASK = "_label-L_desc-T1lesion_mask.nii.gz"
-
-
-def read(route, path):
-    try:
-        mask = np.asarray(nib.load(str(path)).dataobj) > 0
-    except Exception as error:
-        print(f"PEEK {{route}}: refused {{path}}: {{type(error).__name__}}", flush=True)
-        return None
-    print(f"PEEK {{route}}: read {{path}}", flush=True)
-    return mask
-
-
-class Peek:
-    def fit(self, X, y):
-        try:
-            socket.create_connection(("127.0.0.1", PORT), timeout=5).close()
-            print("PEEK tcp: connected", flush=True)
-        except OSError as error:
-            print(f"PEEK tcp: refused: {{error!r}}", flush=True)
-        return self
-
-    def predict(self, X):
-        out = np.zeros(X.shape, bool)
-        for i, s in enumerate(X.subjects):
-            name = s.subject_id + "_"
-            routes = [("mask_path", s.mask_path)] if s.mask_path else []
-            routes.append(("t1w_path", str(s.t1w_path).replace("_T1w.nii.gz", MASK)))
-            for pattern, route in [
-                (f"{{DEPLOYMENT}}/**/{{name}}*{{MASK}}", "glob"),
-                (f"/proc/self/cwd/**/{{name}}*{{MASK}}", "proc_cwd"),
-            ]:
-                found = glob.glob(pattern, recursive=True)
-                print(f"PEEK {{route}}: {{len(found)}} found for {{s.subject_id}}")
-                routes += [(route, path) for path in found]
-            for route, path in routes:
-                mask = read(route, path)
-                if mask is not None:
-                    out[i] = mask
-                    break
-        return out
-
-
-def get_estimator():
-    return Peek()
-"""
-
-# The starting kit, and, when ramp-test exits, perfect scores written over its
-# score files, and a link to a host file in its output.
-FORGE = """
-
-import atexit as _atexit
-import os as _os
-from pathlib import Path as _Path
-
-_OUTPUT = _Path(__file__).resolve().parent / "training_output"
-_ROW = "1.0,1.0,0.0,0.0"
-
-
-def _forge():
-    header = "dice,lesion_f1,volume_diff_ml,lesion_count_diff"
-    for fold in _OUTPUT.glob("fold_*"):
-        rows = [f"{step},{_ROW},0.1" for step in ("train", "valid", "test")]
-        (fold / "scores.csv").write_text("\\n".join([f"score,{header},time", *rows]))
-    rows = [f"{step},{n},{_ROW}" for step in ("valid", "test") for n in range(5)]
-    text = "\\n".join([f"step,n_bag,{header}", *rows])
-    (_OUTPUT / "bagged_scores.csv").write_text(text)
-    _os.symlink("/etc/passwd", _OUTPUT / "fold_0" / "stolen")
-    print("FORGED", flush=True)
-
-
-_atexit.register(_forge)
-"""
 
 
 def nothing_scores(server) -> dict:
@@ -530,22 +450,3 @@ def test_forged_score_files_change_nothing(server, cheats, reference):
             assert got == pytest.approx(row[score], abs=1e-9), (step, n_bag, score)
     predictions = server.deployment / "events" / EVENT / "predictions"
     assert not list(predictions.rglob("stolen"))
-
-
-def test_without_the_sandbox_the_peek_reads_the_test_masks(server, cheats):
-    """What the sandbox prevents, with --no-sandbox (and its warning)."""
-    sign_up(server, "trudy", "trudy-password")
-    answer = server.client(
-        "submit", event=EVENT, team="trudy", name="peek_unsandboxed", path=cheats
-    )
-    assert answer == {"submitted": "peek_unsandboxed"}
-    dispatched = server.dispatch("--no-sandbox")
-    assert "WITHOUT the sandbox" in dispatched.stderr
-    answer = server.client(
-        "results", event=EVENT, team="trudy", name="peek_unsandboxed"
-    )
-    assert answer["state"] == "scored", answer["error_msg"]
-    assert answer["bagged"]["test/4"]["dice"] == 1.0
-    assert "PEEK tcp: connected" in submission_log(server, answer)
-    dice = answer["bagged"]["test/4"]["dice"]
-    print(f"peek without sandbox: bagged test Dice {dice}")

@@ -7,7 +7,9 @@
 * trusted scoring: the score files it writes from a ``ramp-test
   --save-output``'s saved predictions equal ramp-test's own (1e-9), and what
   the workflow cannot have written is refused;
-* defence in depth: what ``predict`` receives carries no mask paths.
+* defence in depth: what ``predict`` receives carries no mask paths;
+* the peek submission (``tests/cheats.py``) reads the test masks with plain
+  ``ramp-test``, and scores what predicting nothing scores in the sandbox.
 
 The end-to-end runs (the peek submissions through ramp-board's dispatcher) are
 in ``test_ramp_board.py``.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -37,6 +40,7 @@ from atlas_ramp.trusted_scoring import (
 from atlas_ramp.volumes import load_split
 from atlas_ramp.workflow import TrainedSubmission, predict_sparse
 
+from .cheats import PEEK
 from .helpers import REPO, make_kit, ramp_command, run
 
 # What a process inside the sandbox tries; it prints one JSON line.
@@ -223,3 +227,37 @@ def test_unlabelled_test_split(small_sample, monkeypatch):
     assert is_unlabelled_test()
     monkeypatch.setenv("ATLAS_RAMP_UNLABELLED_TEST", "0")
     assert not is_unlabelled_test()
+
+
+@pytest.mark.slow
+def test_the_peek_reads_the_test_masks_without_the_sandbox_only(
+    deployment, tmp_path, monkeypatch
+):
+    bwrap_or_skip()
+    kit = deployment / "ramp-kits" / "atlas_stroke"
+    data_dir = deployment / "ramp-data" / "atlas_stroke"
+    peek = kit / "submissions" / "peek"
+    peek.mkdir(parents=True)
+    (peek / "estimator.py").write_text(PEEK.format(deployment=str(deployment), port=1))
+    run(
+        kit, ramp_command("ramp-test"), "--submission", "peek", "--ramp-data-dir",
+        data_dir, "--quick-test", "--save-output", quick=True,
+    )  # fmt: skip
+    bagged = peek / "training_output" / "bagged_scores.csv"
+    plain = pd.read_csv(bagged, index_col=[0, 1])
+    assert plain.loc[("test", 1), "dice"] == 1.0  # what the sandbox is for
+    shutil.rmtree(peek / "training_output")
+    monkeypatch.setenv("RAMP_TEST_MODE", "1")
+    log = tmp_path / "log"
+    output = tmp_path / "output"
+    assert (
+        sandbox.run_sandboxed_submission(kit, data_dir, peek, sys.prefix, output, log)
+        == 0
+    ), log.read_text()
+    boxed = pd.read_csv(output / "bagged_scores.csv", index_col=[0, 1])
+    X, y = load_split(data_dir / "data", "test")
+    nothing = np.mean([mask.n_voxels == 0 for mask in y])  # Dice of no lesion
+    assert boxed.loc[("test", 1), "dice"] == nothing < 0.5
+    text = log.read_text()
+    assert "PEEK t1w_path: refused" in text and "/data/test/" in text
+    assert not re.search(r"PEEK \w+: read \S*/data/test/", text)
