@@ -74,7 +74,9 @@ def _forge():
     rows = [f"{step},{n},{_ROW}" for step in ("valid", "test") for n in range(5)]
     text = "\\n".join([f"step,n_bag,{header}", *rows])
     (_OUTPUT / "bagged_scores.csv").write_text(text)
-    _os.symlink("/etc/passwd", _OUTPUT / "fold_0" / "stolen")
+    link = _OUTPUT / "fold_0" / "stolen"
+    if not link.is_symlink():  # estimator.py is imported once per fold
+        _os.symlink("/etc/passwd", link)
     print("FORGED", flush=True)
 
 
