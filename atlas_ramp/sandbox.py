@@ -215,6 +215,7 @@ def sandbox_command(
     data_dir: Path | str,
     submissions: Path | str,
     submission: str,
+    output: Path | str,
     python_env: Path | str,
     staged_test: tuple[Path, Path],
     environment: dict,
@@ -228,9 +229,12 @@ def sandbox_command(
     kit_dir, data_dir : path
         ramp-board's kit and data folders (``data_dir`` holds ``data/``).
     submissions : path
-        A writable folder holding a copy of ``<submission>/`` (shown as
-        ``/ramp/submissions``); its ``training_output`` is what comes out.
+        A folder holding a copy of ``<submission>/`` with an empty
+        ``training_output/`` (shown read-only as ``/ramp/submissions``).
     submission : str
+    output : path
+        An empty folder, shown writable as that ``training_output``: what
+        ramp-test saves, all that comes out.
     python_env : path
     staged_test : (Path, Path)
         What :func:`stage_test_images` returned.
@@ -257,7 +261,10 @@ def sandbox_command(
         "--ro-bind-try", str(data / ".cache" / "train"), str(data / ".cache" / "train"),
         "--ro-bind", str(staged_test[0]), str(data / "test"),
         "--ro-bind", str(staged_test[1]), str(data / ".cache" / "test"),
-        "--bind", str(submissions), SANDBOX_SUBMISSIONS,
+        # The submission read-only; its output folder (a mount point, so that
+        # it cannot be swapped for a link) the one place it writes.
+        "--ro-bind", str(submissions), SANDBOX_SUBMISSIONS,
+        "--bind", str(output), f"{SANDBOX_SUBMISSIONS}/{submission}/training_output",
     ]  # fmt: skip
     if Path(given_env := os.path.abspath(original_env)) != python_env:
         view += ["--symlink", str(python_env), given_env]  # scripts' shebangs
@@ -298,6 +305,20 @@ def remove_links(folder: Path | str, log) -> None:
             if path.is_symlink() or not (path.is_dir() or path.is_file()):
                 log(f"[sandbox] removed {path.relative_to(folder)}: not a plain file")
                 path.unlink()
+
+
+def score_outside(python_env, kit_dir, data_dir, produced: Path, log_file) -> int:
+    """Run :mod:`atlas_ramp.trusted_scoring` on ``produced``; its exit code."""
+    command = [
+        str(Path(python_env) / "bin" / "python"), "-m", "atlas_ramp.trusted_scoring",
+        "--kit-dir", str(kit_dir), "--data-dir", str(data_dir),
+        "--training-output", str(produced),
+    ]  # fmt: skip
+    environment = dict(os.environ)
+    environment.pop(UNLABELLED_TEST_VARIABLE, None)  # the masks are read here
+    return subprocess.run(
+        command, stdout=log_file, stderr=subprocess.STDOUT, env=environment
+    ).returncode
 
 
 def _stage_dir(data_dir: Path) -> Path:
@@ -358,13 +379,15 @@ def run_sandboxed_submission(
             environment = probe_environment(python_env)
             warm_volume_cache(data_dir)
             staged = stage_test_images(data_dir, stage)
-            submissions = stage / "submissions"
+            submissions, produced = stage / "submissions", stage / "output"
             copy = submissions / name
             shutil.copytree(
                 submission_dir, copy, ignore=shutil.ignore_patterns("training_output")
             )
+            (copy / "training_output").mkdir()
+            produced.mkdir()
             command = sandbox_command(
-                kit_dir, data_dir, submissions, name, python_env, staged,
+                kit_dir, data_dir, submissions, name, produced, python_env, staged,
                 environment, bwrap,
             )  # fmt: skip
             start = time.perf_counter()
@@ -382,30 +405,10 @@ def run_sandboxed_submission(
             log(f"[sandbox] ramp-test ran {time.perf_counter() - start:.1f} s")
             if completed.returncode:
                 return completed.returncode
-            produced = copy / "training_output"
             remove_links(produced, log)
-            scored = subprocess.run(
-                [
-                    str(Path(python_env) / "bin" / "python"),
-                    "-m",
-                    "atlas_ramp.trusted_scoring",
-                    "--kit-dir",
-                    str(kit_dir),
-                    "--data-dir",
-                    str(data_dir),
-                    "--training-output",
-                    str(produced),
-                ],  # fmt: skip
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                env={
-                    key: value
-                    for key, value in os.environ.items()
-                    if key != UNLABELLED_TEST_VARIABLE
-                },
-            )
-            if scored.returncode:
-                return scored.returncode
+            scored = score_outside(python_env, kit_dir, data_dir, produced, log_file)
+            if scored:
+                return scored
             shutil.rmtree(output_dir, ignore_errors=True)
             output_dir.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(produced), str(output_dir))

@@ -76,6 +76,17 @@ try:
     seen["tcp"] = "connected"
 except OSError as error:
     seen["tcp"] = type(error).__name__
+own = "/ramp/submissions/probe"
+open(f"{own}/training_output/y_pred_test.npz", "wb").close()
+for name, attempt in [
+    ("write_submission", lambda: open(f"{own}/estimator.py", "w").close()),
+    ("swap_output", lambda: os.rename(f"{own}/training_output", f"{own}/elsewhere")),
+]:
+    try:
+        attempt()
+        seen[name] = "done"
+    except OSError as error:
+        seen[name] = type(error).__name__
 print(json.dumps(seen))
 """
 
@@ -107,7 +118,8 @@ def test_a_process_in_the_sandbox_cannot_open_a_test_mask(deployment, tmp_path):
     sandbox.warm_volume_cache(data_dir)
     staged = sandbox.stage_test_images(data_dir, tmp_path / "stage")
     submissions = tmp_path / "submissions"
-    (submissions / "probe").mkdir(parents=True)
+    (submissions / "probe" / "training_output").mkdir(parents=True)
+    (tmp_path / "output").mkdir()
     with socket.socket() as listening:  # a server on the host's loopback
         listening.bind(("127.0.0.1", 0))
         listening.listen()
@@ -116,8 +128,8 @@ def test_a_process_in_the_sandbox_cannot_open_a_test_mask(deployment, tmp_path):
         probe = [sys.executable, "-c", PROBE, data, str(deployment), str(port)]
         command = sandbox.sandbox_command(
             deployment / "ramp-kits" / "atlas_stroke", data_dir, submissions,
-            "probe", sys.prefix, staged, sandbox.probe_environment(sys.prefix),
-            bwrap, command=probe,
+            "probe", tmp_path / "output", sys.prefix, staged,
+            sandbox.probe_environment(sys.prefix), bwrap, command=probe,
         )  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -129,6 +141,8 @@ def test_a_process_in_the_sandbox_cannot_open_a_test_mask(deployment, tmp_path):
     assert seen["test_cache"] and not [n for n in seen["test_cache"] if ".idx" in n]
     assert seen["config"] == "FileNotFoundError"
     assert seen["tcp"] in ("ConnectionRefusedError", "OSError")
+    assert seen["write_submission"] == seen["swap_output"] == "OSError"
+    assert (tmp_path / "output" / "y_pred_test.npz").exists()  # all that comes out
 
 
 def test_no_bubblewrap_fails_loudly(monkeypatch):
