@@ -245,8 +245,10 @@ def sandbox_command(
         Run this instead of ``ramp-test`` (tests of the view).
     """
     original_env, python_env = python_env, Path(python_env).resolve()
-    # Resolved: the volume cache's entries name their sources by real path.
-    data = (Path(data_dir) / "data").resolve()
+    # Resolved: the volume cache's entries name their sources by real path;
+    # ``data`` may be a link to them (a kit's ``data`` folder often is).
+    data_link = Path(os.path.abspath(Path(data_dir) / "data"))
+    data = data_link.resolve()
     package = Path(environment["package"])
     view = [
         bwrap, "--unshare-all", "--die-with-parent", "--new-session",
@@ -266,6 +268,8 @@ def sandbox_command(
         "--ro-bind", str(submissions), SANDBOX_SUBMISSIONS,
         "--bind", str(output), f"{SANDBOX_SUBMISSIONS}/{submission}/training_output",
     ]  # fmt: skip
+    if data_link != data:
+        view += ["--symlink", str(data), str(data_link)]
     if Path(given_env := os.path.abspath(original_env)) != python_env:
         view += ["--symlink", str(python_env), given_env]  # scripts' shebangs
     for device in sorted(glob.glob("/dev/nvidia*")):  # GPUs, where there are some
@@ -285,7 +289,7 @@ def sandbox_command(
     if command is None:
         command = [
             str(python_env / "bin" / "ramp-test"), "--submission", submission,
-            "--ramp-kit-dir", SANDBOX_KIT, "--ramp-data-dir", str(data.parent),
+            "--ramp-kit-dir", SANDBOX_KIT, "--ramp-data-dir", str(data_link.parent),
             "--ramp-submission-dir", SANDBOX_SUBMISSIONS, "--save-output",
             "--ignore-warning",
         ]  # fmt: skip

@@ -73,7 +73,8 @@ def time_sandboxed(kit: Path, submission: str, log: Path) -> tuple[float, float]
     )
     seconds = time.perf_counter() - start
     if returncode:
-        raise SystemExit(f"sandboxed run failed ({returncode}): see {log}")
+        tail = log.read_text(errors="replace")[-3000:]
+        raise SystemExit(f"sandboxed run failed ({returncode}):\n{tail}")
     return seconds, _bagged_test_dice(output)
 
 
