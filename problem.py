@@ -15,7 +15,7 @@ from atlas_ramp.predictions import (
 )
 from atlas_ramp.scores import atlas_score_types
 from atlas_ramp.splits import CohortStratifiedShuffleSplit
-from atlas_ramp.testmode import is_quick_test
+from atlas_ramp.testmode import is_quick_test, is_unlabelled_test
 from atlas_ramp.volumes import load_split
 from atlas_ramp.workflow import LesionSegmentation
 
@@ -59,12 +59,21 @@ def get_test_data(path="."):
     """Lazy T1w volumes and sparse masks of ``<path>/data/test``.
 
     Refused before any training when it is not on the grid of ``data/train``, or
-    shares subjects with it.
+    shares subjects with it. In a course server's sandbox
+    (``ATLAS_RAMP_UNLABELLED_TEST`` set), the images only: the masks are not
+    there, the test scores printed are NaN, and the saved test predictions are
+    scored outside the sandbox (``atlas_ramp.trusted_scoring``).
     """
     n = QUICK_N_TEST if QUICK_TEST else None
     data = os.path.join(path, "data")
     with data_errors_shown_first():
-        return load_split(data, "test", max_subjects=n, same_grid_as="train")
+        return load_split(
+            data,
+            "test",
+            max_subjects=n,
+            same_grid_as="train",
+            labelled=not is_unlabelled_test(),
+        )
 
 
 def save_y_pred(y_pred, data_path=".", output_path=".", suffix="test"):

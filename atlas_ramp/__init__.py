@@ -23,7 +23,8 @@ The challenge
     * :mod:`atlas_ramp.predictions`: ramp-workflow ``Predictions`` and their files;
     * :mod:`atlas_ramp.splits`: cohort-aware hold-out and cross-validation;
     * :mod:`atlas_ramp.workflow`: how a submission is trained and run;
-    * :mod:`atlas_ramp.testmode`: whether ``ramp-test --quick-test`` is running.
+    * :mod:`atlas_ramp.testmode`: whether ``ramp-test --quick-test`` is running,
+      and whether the test split is read unlabelled (in the sandbox).
 
 Looking at results
     * :mod:`atlas_ramp.evaluate`: score a submission on any labelled folder;
@@ -38,7 +39,10 @@ On a RAMP server (ramp-board; the server's environment only)
     * :mod:`atlas_ramp.event_kit`: what an event serves (the kit folder and its zip,
       no data) and the course data, with the data-use-agreement checks;
     * :mod:`atlas_ramp.server`: deploy an event, launch the dispatcher;
-    * :mod:`atlas_ramp.ramp_worker`: ramp-engine workers that need no conda.
+    * :mod:`atlas_ramp.ramp_worker`: ramp-engine workers that need no conda;
+    * :mod:`atlas_ramp.sandbox`: a submission trained where the private test
+      masks cannot be read (bubblewrap), then scored outside;
+    * :mod:`atlas_ramp.trusted_scoring`: that scoring, from the saved predictions.
 
 Plumbing
     * :mod:`atlas_ramp._io`: safe writing (temporary name, then rename);

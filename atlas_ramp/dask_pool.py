@@ -141,6 +141,7 @@ class DaskPoolWorker(BaseWorker):
             "data_dir": self.config["data_dir"],
             "timeout": self.timeout,
             "n_threads": self.config.get("n_threads"),
+            "sandbox": self.config.get("sandbox", True),
         }
         self._future = self._client.submit(
             self.run_remotely,

@@ -9,6 +9,13 @@ is installed (``python -m pip install -r requirements.txt``). Everything else
 (logs, time-outs, collecting predictions, error messages) is ramp-engine's own
 code.
 
+Each submission trains in a sandbox where the private test masks cannot be
+read, and its test predictions are scored outside it
+(:func:`atlas_ramp.sandbox.run_sandboxed_submission`), on the dispatcher's host
+or on a dask worker's; ``--no-sandbox`` (the event's ``worker: sandbox:
+false``) runs plain ``ramp-test`` instead, where bubblewrap cannot work and
+every student is trusted.
+
 :func:`dispatch` runs the course's dispatcher (:mod:`atlas_ramp.dispatcher`)
 with it, from the server's environment::
 
@@ -28,6 +35,10 @@ This module imports ramp-engine: it runs in the server's environment only.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import warnings
+from datetime import datetime
 from pathlib import Path
 
 from ramp_engine.base import BaseWorker
@@ -37,6 +48,7 @@ from ramp_utils import read_config
 from .dask_pool import DaskPoolWorker, close_pool_clients
 from .dispatcher import CourseDispatcher
 from .event_kit import DeployError
+from .sandbox import SandboxUnavailable, check_sandbox
 
 _REQUIRED = ("kit_dir", "data_dir", "submissions_dir", "logs_dir", "predictions_dir")
 
@@ -61,7 +73,8 @@ class VirtualenvWorker(CondaEnvWorker):
     config : dict
         ramp-engine's worker configuration (``kit_dir``, ``data_dir``,
         ``submissions_dir``, ``logs_dir``, ``predictions_dir``, ``timeout``) and
-        ``python_env``: the prefix of the environment to run ``ramp-test`` from.
+        ``python_env``: the prefix of the environment to run ``ramp-test`` from;
+        ``sandbox`` (default True): train in the sandbox, score outside.
     submission : str
         The name of the submission to train.
     """
@@ -77,6 +90,45 @@ class VirtualenvWorker(CondaEnvWorker):
                 "in that environment, or correct python_env."
             )
         BaseWorker.setup(self)
+
+    def launch_submission(self):
+        """Start ``python -m atlas_ramp.sandbox`` (or plain ``ramp-test``).
+
+        Its output goes to ramp-engine's log, as ``ramp-test``'s does; the
+        scored ``training_output`` is where ramp-engine collects it from.
+        """
+        if not self.config.get("sandbox", True):
+            return super().launch_submission()
+        if self.status == "running":
+            raise ValueError(
+                "Wait that the submission is processed before to launch a new one."
+            )
+        self._log_dir = os.path.join(self.config["logs_dir"], self.submission)
+        os.makedirs(self._log_dir, exist_ok=True)
+        log_path = os.path.join(self._log_dir, "log")
+        open(log_path, "wb").close()
+        # Appending: the sandbox's processes write to the same file.
+        self._log_file = open(log_path, "ab")
+        submission_dir = os.path.join(self.config["submissions_dir"], self.submission)
+        options = {
+            "--kit-dir": self.config["kit_dir"],
+            "--data-dir": self.config["data_dir"],
+            "--submission-dir": submission_dir,
+            "--python-env": str(Path(self._python_bin_path).parent),
+            "--output-dir": os.path.join(submission_dir, "training_output"),
+            "--log": log_path,
+            # A little before ramp-engine's own kill, so that the runner stops
+            # the sandbox and removes its staging folder itself.
+            "--timeout": str(max(1.0, 0.99 * self.timeout - 5)),
+        }
+        command = [sys.executable, "-m", "atlas_ramp.sandbox"]
+        for option, value in options.items():
+            command += [option, value]
+        self._proc = subprocess.Popen(
+            command, stdout=self._log_file, stderr=subprocess.STDOUT
+        )
+        BaseWorker.launch_submission(self)
+        self._start_date = datetime.utcnow()
 
     def teardown(self):
         if self.status == "error":  # never launched: nothing to collect
@@ -94,6 +146,7 @@ def dispatch(
     n_workers: int | None = None,
     n_threads: int | None = None,
     exit_when_done: bool = False,
+    sandbox: bool | None = None,
 ) -> None:
     """Run the course's dispatcher for one event with a conda-free worker.
 
@@ -113,10 +166,22 @@ def dispatch(
         Default: the event's ``dispatcher`` section (1 worker, no thread cap).
     exit_when_done : bool
         Stop when no submission is left to train (else poll for new ones).
+    sandbox : bool, optional
+        Train in the sandbox (:mod:`atlas_ramp.sandbox`); default: the event's
+        ``worker: sandbox`` setting, True when absent. False lets students'
+        code read the private test masks.
+
+    Raises
+    ------
+    DeployError
+        No python_env; the sandbox wanted but bubblewrap missing or refused
+        here (local workers).
     """
     event = read_config(str(event_config))
     settings = event.get("dispatcher", {})
-    overrides = {}
+    if sandbox is None:
+        sandbox = bool(event.get("worker", {}).get("sandbox", True))
+    overrides = {"sandbox": sandbox}
     if python_env is not None:
         overrides["python_env"] = str(Path(python_env).resolve())
     prefix = overrides.get("python_env", event.get("worker", {}).get("python_env"))
@@ -129,6 +194,20 @@ def dispatch(
     if dask_scheduler is not None:
         overrides["dask_scheduler"] = dask_scheduler
         overrides["n_threads"] = n_threads  # set on the worker hosts
+    if sandbox and dask_scheduler is None:
+        try:
+            check_sandbox()
+        except SandboxUnavailable as error:
+            raise DeployError(str(error)) from error
+    # (with a dask pool, each worker host checks for bubblewrap itself: a host
+    # without it ends the submission in an error that says so)
+    if not sandbox:
+        warnings.warn(
+            "Training WITHOUT the sandbox (--no-sandbox): students' code runs "
+            "beside the private test masks and can read them; the private "
+            "leaderboard is only as honest as every student.",
+            stacklevel=2,
+        )
     worker_class = DaskPoolWorker if dask_scheduler else VirtualenvWorker
 
     def worker(worker_config, submission):

@@ -391,6 +391,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-threads", type=int, help="threads per submission (OMP, MKL, OpenBLAS)"
     )
     dis.add_argument(
+        "--no-sandbox",
+        dest="sandbox",
+        action="store_false",
+        default=None,
+        help="train with plain ramp-test, NOT in the bubblewrap sandbox: students' "
+        "code can then read the private test masks (default: the event's "
+        "worker: sandbox, else sandboxed)",
+    )
+    dis.add_argument(
         "--exit-when-done",
         action="store_true",
         help="stop once no submission is left (else wait for new ones)",
@@ -429,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                 n_workers=args.n_workers,
                 n_threads=args.n_threads,
                 exit_when_done=args.exit_when_done,
+                sandbox=args.sandbox,
             )
     except (DeployError, DataError, OSError) as error:
         print(f"atlas_ramp.server: error: {error}", file=sys.stderr)

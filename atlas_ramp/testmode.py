@@ -9,6 +9,12 @@ that ``problem.py`` and every submission agree on what each value means.
 The rule: unset, empty, ``0``, ``false``, ``no`` or ``off`` (any case) is the full
 run; any other value is quick mode. ``RAMP_TEST_MODE=1 ramp-blend ...`` blends the
 2 folds that a quick ``ramp-test --save-output`` saved.
+
+On a course server, the sandbox (:mod:`atlas_ramp.sandbox`) sets a second
+variable, ``ATLAS_RAMP_UNLABELLED_TEST=1``: the test split is then read as
+unlabelled (its masks are not in the sandbox), ``ramp-test`` saves the test
+predictions and reports NaN test scores, and trusted code outside the sandbox
+scores them (:mod:`atlas_ramp.trusted_scoring`). It follows the same rule.
 """
 
 from __future__ import annotations
@@ -19,7 +25,14 @@ from collections.abc import Iterator, Mapping
 
 #: The variable that ``ramp-test --quick-test`` sets.
 QUICK_TEST_VARIABLE = "RAMP_TEST_MODE"
+#: The variable that the course server's sandbox sets: the test split has no masks.
+UNLABELLED_TEST_VARIABLE = "ATLAS_RAMP_UNLABELLED_TEST"
 _FULL_RUN_VALUES = frozenset({"", "0", "false", "no", "off"})
+
+
+def _is_set(name: str, environ: Mapping[str, str] | None) -> bool:
+    environ = os.environ if environ is None else environ
+    return environ.get(name, "").strip().lower() not in _FULL_RUN_VALUES
 
 
 def is_quick_test(environ: Mapping[str, str] | None = None) -> bool:
@@ -36,9 +49,24 @@ def is_quick_test(environ: Mapping[str, str] | None = None) -> bool:
         True when ``RAMP_TEST_MODE`` is set to a value other than an empty
         string, ``0``, ``false``, ``no`` or ``off``.
     """
-    environ = os.environ if environ is None else environ
-    value = environ.get(QUICK_TEST_VARIABLE, "")
-    return value.strip().lower() not in _FULL_RUN_VALUES
+    return _is_set(QUICK_TEST_VARIABLE, environ)
+
+
+def is_unlabelled_test(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the test split is to be read without its masks (in the sandbox).
+
+    Parameters
+    ----------
+    environ : mapping, optional
+        The environment to read; ``os.environ`` by default.
+
+    Returns
+    -------
+    bool
+        True when ``ATLAS_RAMP_UNLABELLED_TEST`` is set to a value other than
+        an empty string, ``0``, ``false``, ``no`` or ``off``.
+    """
+    return _is_set(UNLABELLED_TEST_VARIABLE, environ)
 
 
 @contextlib.contextmanager

@@ -34,6 +34,7 @@ by :func:`load_masks` (also cached). Estimators see it through
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -306,6 +307,15 @@ class ImageSequence(Sequence):
         for position in range(len(self)):
             yield self[position]
 
+    def without_masks(self) -> ImageSequence:
+        """The same images, with no subject pointing to its lesion mask.
+
+        What a submission receives: it learns masks from ``y`` only, and a
+        ``predict`` cannot follow ``mask_path`` to the answers.
+        """
+        subjects = [dataclasses.replace(s, mask_path=None) for s in self.subjects]
+        return ImageSequence(subjects, self.volume_shape, self.affine, self.cache_dir)
+
     @property
     def shape(self) -> tuple[int, ...]:
         """``(n_subjects, *volume_shape)``, as the array ``X`` stands for."""
@@ -500,6 +510,7 @@ def load_split(
     split: str,
     max_subjects: int | None = None,
     same_grid_as: str | None = None,
+    labelled: bool = True,
 ):
     """Load a labelled split folder ``<data_dir>/<split>`` as ``(X, y)``.
 
@@ -514,11 +525,15 @@ def load_split(
     same_grid_as : str, optional
         Another split of ``data_dir`` (``"train"``) that this one must match: same
         grid, no subject in common. Checked before any volume is read.
+    labelled : bool
+        False: read the images only, whether or not masks are on disk (the
+        course server's sandbox holds none of the test masks); ``y`` is then
+        None for every subject, and scores on it are NaN.
 
     Returns
     -------
     X : ImageSequence
-    y : ndarray of SparseMask
+    y : ndarray of SparseMask (or of None when not ``labelled``)
     """
     split_dir = Path(data_dir) / split
     X = ImageSequence.from_folder(split_dir)
@@ -526,4 +541,6 @@ def load_split(
         check_against_split(X, Path(data_dir) / same_grid_as, str(split_dir))
     if max_subjects is not None:
         X = X[quick_subset(X, max_subjects)]
+    if not labelled:
+        return X.without_masks(), object_array([None] * len(X))
     return X, load_masks(X, split_dir)

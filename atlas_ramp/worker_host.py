@@ -3,7 +3,9 @@
 The dispatcher's dask pool (:mod:`atlas_ramp.dask_pool`) sends each submission
 to the pool as ONE task, :func:`run_submission_here`: it receives the
 submission's files as bytes, runs ``ramp-test`` on the host of the dask worker
-that picked the task, and returns the log and the predictions as bytes. Every
+that picked the task (in the sandbox of :mod:`atlas_ramp.sandbox`, which
+scores the test predictions outside it, unless the event turned the sandbox
+off), and returns the log and the scored predictions as bytes. Every
 step of a submission therefore runs on one worker, whatever the hosts' names,
 and nothing travels through a shared filesystem. What the host needs, at the
 paths of the event's configuration: the kit folder (``problem.py``), the data
@@ -11,8 +13,8 @@ folder, and ``python_env``, the environment where the kit and ``distributed``
 are installed (``requirements-worker.txt``).
 
 :func:`run_submission_here` is the one function to replace to run submissions
-differently on the workers' hosts (a sandbox, say): the pool only needs its
-signature and its returned dictionary.
+differently on the workers' hosts: the pool only needs its signature and its
+returned dictionary. A worker host also needs bubblewrap for the sandbox.
 
 This module uses the standard library only: dask workers import it by name,
 in the workers' environment.
@@ -80,6 +82,31 @@ def ramp_test_command(
     ]  # fmt: skip
 
 
+def sandboxed_command(
+    settings: dict, submission: str, submissions_dir: Path, scratch: Path
+) -> list[str]:
+    """The same run in the sandbox, scored outside it (:mod:`atlas_ramp.sandbox`).
+
+    The scored ``training_output`` lands in ``scratch/sandboxed_output``; the
+    run appends to ``scratch/log``.
+    """
+    python = Path(settings["python_env"]) / "bin" / "python"
+    command = [
+        str(python), "-m", "atlas_ramp.sandbox",
+        "--kit-dir", settings["kit_dir"],
+        "--data-dir", settings["data_dir"],
+        "--submission-dir", str(submissions_dir / submission),
+        "--python-env", settings["python_env"],
+        "--output-dir", str(scratch / "sandboxed_output"),
+        "--log", str(scratch / "log"),
+    ]  # fmt: skip
+    if settings.get("timeout"):
+        # A little before this host's own kill, so that the sandbox's runner
+        # stops it and removes its staging folder itself.
+        command += ["--timeout", str(max(1.0, 0.99 * settings["timeout"] - 5))]
+    return command
+
+
 def _worker_name() -> str:
     """This dask worker's name and address (or the host name outside dask)."""
     try:
@@ -120,7 +147,8 @@ def run_submission_here(
         Its name (ramp-board's ``submission_<id>``).
     settings : dict
         ``python_env``, ``kit_dir``, ``data_dir`` (paths on this host),
-        ``timeout`` (seconds) and ``n_threads`` (None: no cap).
+        ``timeout`` (seconds), ``n_threads`` (None: no cap) and ``sandbox``
+        (default True: train in the sandbox, score outside it).
 
     Returns
     -------
@@ -139,9 +167,18 @@ def run_submission_here(
         submissions_dir = Path(scratch) / "submissions"
         write_submission_files(files, submissions_dir / submission)
         log_path = Path(scratch) / "log"
-        with open(log_path, "wb") as log:
+        if settings.get("sandbox", True):
+            command = sandboxed_command(
+                settings, submission, submissions_dir, Path(scratch)
+            )
+            outputs = Path(scratch) / "sandboxed_output"
+        else:
+            command = ramp_test_command(settings, submission, submissions_dir)
+            outputs = submissions_dir / submission / "training_output"
+        # Appending: the sandbox's runner writes to the same file.
+        with open(log_path, "ab") as log:
             process = subprocess.Popen(
-                ramp_test_command(settings, submission, submissions_dir),
+                command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -158,7 +195,6 @@ def run_submission_here(
             log_bytes += (
                 f"\nKilled after the event's timeout of {settings['timeout']} s.\n"
             ).encode()
-        outputs = submissions_dir / submission / "training_output"
         packed = pack_folder(outputs) if returncode == 0 and outputs.is_dir() else None
         if returncode == 0 and packed is None:
             returncode = 1

@@ -193,6 +193,7 @@ def predict_sparse(
 ) -> list[SparseProba]:
     """Predict subjects in small batches, sparsifying each batch at once."""
     submission.check_grid(X)
+    X = X.without_masks()  # the answers' paths stay with the workflow
     predict, method = _predict_function(submission)
     voxel_ml = X.voxel_volume_ml
     results = []
@@ -259,7 +260,7 @@ class LesionSegmentation:
                 f"Submission '{name}': {source} defines no get_estimator() function."
             )
         estimator = module.get_estimator()
-        X_train = X[train_is]
+        X_train = X[train_is].without_masks()  # masks come as y only
         y_train = MaskSequence(y)[train_is]  # lazy: masks stay sparse
         with blame(
             f"Submission '{name}': fit failed on {len(X_train)} subjects "

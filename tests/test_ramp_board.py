@@ -37,6 +37,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from .cheats import FORGE, PEEK
 from .helpers import REPO, make_kit, ramp_command, run
 from .ramp_board_cluster import NamespacesUnavailable, SimulatedHosts
 from .ramp_board_setup import (
@@ -58,6 +59,18 @@ CLIENT = Path(__file__).with_name("ramp_board_client.py")
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() == "true"
+
+
+def sandbox_or_skip() -> None:
+    """The dispatcher trains in bubblewrap: skip without it, except in CI."""
+    from atlas_ramp.sandbox import SandboxUnavailable, check_sandbox
+
+    try:
+        check_sandbox()
+    except SandboxUnavailable as error:
+        if in_ci():
+            pytest.fail(f"CI must run the ramp-board tests: {error}")
+        pytest.skip(f"No sandbox here: {error}")
 
 
 def server_env() -> dict:
@@ -183,6 +196,7 @@ def test_bad_arguments_write_nothing(server, postgres, small_sample, tmp_path):
 @pytest.fixture(scope="module")
 def course(server, small_sample, tmp_path_factory):
     """The deployed event, two students, and what they submitted, trained."""
+    sandbox_or_skip()
     server.deploy(
         "--event", EVENT, "--title", "ATLAS course (test)",
         "--private-data", small_sample, "--worker-env", sys.prefix,
@@ -565,3 +579,79 @@ def test_a_failing_worker_ends_its_submission_in_an_error(server):
     ]:
         assert (status, code) == ("finished", 2)  # 2: ramp-engine's checking_error
         assert "RAMP's side" in message and cause in message
+
+
+def nothing_scores(server) -> dict:
+    """What predicting no lesion scores on the deployment's private test set."""
+    from atlas_ramp.masks import SparseProba
+    from atlas_ramp.scores import atlas_score_types
+    from atlas_ramp.volumes import load_split
+
+    data = server.deployment / "ramp-data" / "atlas_stroke" / "data"
+    X, y = load_split(data, "test")
+    empty = [SparseProba([], [], X.volume_shape, X.voxel_volume_ml)] * len(X)
+    return {score.name: score(y, empty) for score in atlas_score_types()}
+
+
+def submission_log(server, answer) -> str:
+    log = server.deployment / "events" / EVENT / "logs" / answer["basename"] / "log"
+    return log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def cheats(server, course, postgres, tmp_path_factory):
+    """The peek and the forged scores, submitted by two students, trained."""
+    peek = tmp_path_factory.mktemp("peek")
+    source = PEEK.format(deployment=str(server.deployment), port=postgres.port)
+    (peek / "estimator.py").write_text(source)
+    forge = tmp_path_factory.mktemp("forged_scores")
+    shutil.copytree(REPO / "submissions" / "starting_kit", forge, dirs_exist_ok=True)
+    with open(forge / "estimator.py", "a") as estimator:
+        estimator.write(FORGE)
+    for team, name, path in [("eve", "peek", peek), ("mallory", "forged", forge)]:
+        sign_up(server, team, f"{team}-password")
+        answer = server.client("submit", event=EVENT, team=team, name=name, path=path)
+        assert answer == {"submitted": name}
+    server.dispatch("--n-workers", "2")
+    return peek
+
+
+def test_peek_scores_what_predicting_nothing_scores(server, cheats):
+    answer = server.client("results", event=EVENT, team="eve", name="peek")
+    assert answer["state"] == "scored", answer["error_msg"]
+    expected = nothing_scores(server)
+    assert expected["dice"] < 0.5  # the sample's test subjects have lesions
+    for score, value in expected.items():
+        for fold in range(5):
+            got = answer["folds"][f"{fold}/test"][score]
+            assert got == pytest.approx(value, abs=1e-9), (fold, score)
+        assert answer["bagged"]["test/4"][score] == pytest.approx(value, abs=1e-9)
+    log = submission_log(server, answer)
+    assert "PEEK tcp: refused" in log
+    test_reads = re.findall(r"PEEK (\w+): (read|refused) \S*/data/test/", log)
+    assert test_reads and all(result == "refused" for _, result in test_reads)
+    assert {route for route, _ in test_reads} == {"t1w_path"}  # no mask_path
+    assert re.search(r"PEEK glob: 0 found", log)
+    assert re.search(r"PEEK proc_cwd: 0 found", log)
+    dice = answer["bagged"]["test/4"]["dice"]
+    print(f"peek in the sandbox: bagged test Dice {dice}")
+
+
+def test_forged_score_files_change_nothing(server, cheats, reference):
+    answer = server.client("results", event=EVENT, team="mallory", name="forged")
+    assert answer["state"] == "scored", answer["error_msg"]
+    log = submission_log(server, answer)
+    assert "FORGED" in log and "removed fold_0/stolen" in log
+    for fold, folder in enumerate(sorted(reference.glob("fold_*"))):
+        expected = pd.read_csv(folder / "scores.csv", index_col=0)
+        for step in ("train", "valid", "test"):
+            for score in SCORES:
+                got = answer["folds"][f"{fold}/{step}"][score]
+                assert got == pytest.approx(expected.loc[step, score], abs=1e-9)
+    bagged = pd.read_csv(reference / "bagged_scores.csv", index_col=[0, 1])
+    for (step, n_bag), row in bagged.iterrows():
+        for score in SCORES:
+            got = answer["bagged"][f"{step}/{n_bag}"][score]
+            assert got == pytest.approx(row[score], abs=1e-9), (step, n_bag, score)
+    predictions = server.deployment / "events" / EVENT / "predictions"
+    assert not list(predictions.rglob("stolen"))
