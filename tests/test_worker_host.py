@@ -43,6 +43,7 @@ def host(tmp_path):
         "data_dir": str(tmp_path / "ramp-data"),
         "timeout": 60,
         "n_threads": 1,
+        "sandbox": False,  # the stand-in ramp-test runs plainly
     }
 
 
@@ -75,6 +76,38 @@ def test_the_timeout_stops_ramp_test(host, monkeypatch):
     assert result["returncode"] == TIMEOUT_EXIT_CODE
     assert result["outputs"] is None
     assert b"Killed after the event's timeout of 1 s" in result["log"]
+
+
+# Stands in for `python -m atlas_ramp.sandbox ...`: writes the scored output
+# where --output-dir says, and appends to --log, as the real runner does.
+FAKE_SANDBOX_PYTHON = """#!/bin/sh
+echo "python $*"
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --output-dir) out="$2" ;;
+        --log) log="$2" ;;
+    esac
+    shift
+done
+mkdir -p "$out/fold_0" && echo "scored outside" > "$out/fold_0/scores.csv"
+echo "[sandbox] scored" >> "$log"
+"""
+
+
+def test_the_sandbox_runs_the_submission_unless_the_event_turns_it_off(host, tmp_path):
+    python = tmp_path / "env" / "bin" / "python"
+    python.write_text(FAKE_SANDBOX_PYTHON)
+    python.chmod(0o755)
+    host["sandbox"] = True
+    result = run_submission_here({"estimator.py": b""}, "submission_000000004", host)
+    assert result["returncode"] == 0, result["log"]
+    log = result["log"].decode()
+    assert "-m atlas_ramp.sandbox" in log and "[sandbox] scored" in log
+    assert f"--kit-dir {host['kit_dir']}" in log
+    assert "/submissions/submission_000000004 " in log
+    assert "--timeout 54.4" in log  # before the host's own kill at 60 s
+    with tarfile.open(fileobj=io.BytesIO(result["outputs"]), mode="r:gz") as packed:
+        assert packed.extractfile("./fold_0/scores.csv").read() == b"scored outside\n"
 
 
 def test_submission_files_stay_in_their_folder(tmp_path):
