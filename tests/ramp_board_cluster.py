@@ -156,13 +156,18 @@ class SimulatedHosts:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for pid, parent in _ramp_test_processes(submission):
-                if parent in workers:
-                    # ramp-test runs in its own process group: kill both.
-                    for group in (parent, pid):
+                chain = [pid, *_ancestors(parent)]
+                hit = [i for i, ancestor in enumerate(chain) if ancestor in workers]
+                if hit:
+                    # The worker, and the run it started in a session of its
+                    # own (ramp-test, or the sandbox's runner), with all they
+                    # started: a machine lost.
+                    worker, run = chain[hit[0]], chain[hit[0] - 1]
+                    for group in (worker, run, pid):
                         with contextlib.suppress(ProcessLookupError):
                             os.killpg(group, signal.SIGKILL)
-                    self.workers[workers[parent]].wait()
-                    return workers[parent]
+                    self.workers[workers[worker]].wait()
+                    return workers[worker]
             time.sleep(0.2)
         raise TimeoutError(f"No worker started ramp-test for {submission}.")
 
@@ -176,6 +181,20 @@ class SimulatedHosts:
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def _ancestors(pid: int) -> list[int]:
+    """``pid`` and its parents, up to the first process (ramp-test may run in a
+    sandbox: bubblewrap between it and the dask worker)."""
+    chain = []
+    while pid > 1 and pid not in chain:
+        chain.append(pid)
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            break
+        pid = int(re.search(r"^PPid:\s+(\d+)", status, re.MULTILINE).group(1))
+    return chain
 
 
 def _ramp_test_processes(submission: str) -> list[tuple[int, int]]:

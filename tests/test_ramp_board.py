@@ -447,6 +447,7 @@ def test_pool_trains_each_submission_on_one_worker(server, hosts, pool, local_ou
         log = server.deployment / "events" / EVENT / "logs" / answer["basename"] / "log"
         workers = re.findall(r"^Trained on dask worker (\S+)", log.read_text(), re.M)
         assert len(workers) == 1, workers  # all of its steps: one task, one worker
+        assert "[sandbox] training" in log.read_text()  # on the worker's host
         used.append(workers[0])
     assert sorted(set(used)) == ["host-a", "host-b"]
     for name in hosts.workers:  # the machines never saw the submissions
