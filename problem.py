@@ -62,7 +62,7 @@ def get_test_data(path="."):
     shares subjects with it. In a course server's sandbox
     (``ATLAS_RAMP_UNLABELLED_TEST`` set), the images only: the masks are not
     there, the test scores printed are NaN, and the saved test predictions are
-    scored outside the sandbox (``atlas_ramp.trusted_scoring``).
+    scored outside the sandbox (``atlas_ramp.course.trusted_scoring``).
     """
     n = QUICK_N_TEST if QUICK_TEST else None
     data = os.path.join(path, "data")

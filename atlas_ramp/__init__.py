@@ -1,23 +1,16 @@
 """Machinery of the ATLAS v2.0 stroke-lesion RAMP starting kit.
 
-One module per concept, in the order the data flow through them.
+The folder is the map: at the top, what ``problem.py`` and the submissions
+import (the data on disk, the challenge, plumbing); each other group is a
+sub-package. Layers only import downwards: ``results``, ``course`` and ``cnn``
+use the data and the challenge; nothing at the top imports them.
 
-Data on disk
+Data on disk (top level)
     * :mod:`atlas_ramp.bids`: ATLAS/BIDS file names and subject discovery;
     * :mod:`atlas_ramp.grids`: one voxel grid per split, in MNI's RAS orientation;
     * :mod:`atlas_ramp.volumes`: lazy volumes ``X``, sparse masks ``y``, the cache.
 
-Making data
-    * :mod:`atlas_ramp.synthetic`: the synthetic ATLAS-like sample (a package:
-      anatomy, fields, lesions, distractors, scanners, generalizability, sample);
-    * :mod:`atlas_ramp.archive`: the real, encrypted ATLAS R2.0 archive (a package:
-      password, openssl, download, untar, layout, install);
-    * :mod:`atlas_ramp.atlas_release`: facts about the ATLAS release (URL, SHA-256,
-      license) and the side files of a split made from it;
-    * :mod:`atlas_ramp.download`: the command line of ``download_data.py``;
-    * :mod:`atlas_ramp.instructor`: a course's private and public data.
-
-The challenge
+The challenge (top level)
     * :mod:`atlas_ramp.masks`: sparse masks and sparse probabilities;
     * :mod:`atlas_ramp.scores`: Dice and the ATLAS Grand Challenge metrics;
     * :mod:`atlas_ramp.predictions`: ramp-workflow ``Predictions`` and their files;
@@ -26,25 +19,26 @@ The challenge
     * :mod:`atlas_ramp.testmode`: whether ``ramp-test --quick-test`` is running,
       and whether the test split is read unlabelled (in the sandbox).
 
-Looking at results
-    * :mod:`atlas_ramp.evaluate`: score a submission on any labelled folder;
-    * :mod:`atlas_ramp.breakdown`: per-subject scores, by lesion size and cohort;
-    * :mod:`atlas_ramp.report`: the HTML report (also from ``ramp-test``'s saved
-      predictions);
-    * :mod:`atlas_ramp.figures`: error-coloured slices and the report's figures;
-    * :mod:`atlas_ramp.montage`: a contact sheet of a split's subjects;
-    * :mod:`atlas_ramp.export`: predictions as BIDS lesion masks.
+Making data (``synthetic/``, ``archive/``)
+    * :mod:`atlas_ramp.synthetic`: the synthetic ATLAS-like sample (anatomy,
+      fields, lesions, distractors, scanners, generalizability, sample);
+    * :mod:`atlas_ramp.archive`: the real, encrypted ATLAS R2.0 archive (release
+      facts, password, openssl, fetch, untar, layout, install);
+    * :mod:`atlas_ramp.download`: the command line of ``download_data.py``, the
+      one entry point for data (at the top: ``download_data.py`` imports it).
 
-On a RAMP server (ramp-board; the server's environment only)
-    * :mod:`atlas_ramp.event_kit`: what an event serves (the kit folder and its zip,
-      no data) and the course data, with the data-use-agreement checks;
-    * :mod:`atlas_ramp.server`: deploy an event, launch the dispatcher;
-    * :mod:`atlas_ramp.ramp_worker`: ramp-engine workers that need no conda;
-    * :mod:`atlas_ramp.sandbox`: a submission trained where the private test
-      masks cannot be read (bubblewrap), then scored outside;
-    * :mod:`atlas_ramp.trusted_scoring`: that scoring, from the saved predictions.
+Looking at results (``results/``)
+    * :mod:`atlas_ramp.results`: evaluate on any labelled folder, per-subject
+      breakdown, HTML report, figures, montage, BIDS export.
 
-Plumbing
+On a RAMP server (``course/``)
+    * :mod:`atlas_ramp.course`: the instructor's private and public data, the
+      event's kit (no data), deployment, the dispatcher and its workers (local
+      and a dask pool), contributivity, the sandbox and trusted scoring.
+
+Plumbing (top level, and ``testing/``)
+    * :mod:`atlas_ramp.cli`: ``atlas-ramp``, one command line for all of the kit's
+      commands (``python -m atlas_ramp`` runs the same);
     * :mod:`atlas_ramp._io`: safe writing (temporary name, then rename);
     * :mod:`atlas_ramp.machine`: the CPU cores this process may use (portable);
     * :mod:`atlas_ramp.testing`: fixtures for the tests and benchmarks (encrypted

@@ -19,21 +19,24 @@ import sys
 # name -> (module whose ``main(argv)`` runs it, one line for ``--help``)
 COMMANDS = {
     "evaluate": (
-        "atlas_ramp.evaluate",
+        "atlas_ramp.results.evaluate",
         "train a submission and score it on any labelled folder",
     ),
     "report": (
-        "atlas_ramp.report",
+        "atlas_ramp.results.report",
         "an HTML report of a submission's scores (also from saved predictions)",
     ),
-    "montage": ("atlas_ramp.montage", "a contact sheet of a split's subjects"),
-    "export": ("atlas_ramp.export", "a submission's predictions as BIDS lesion masks"),
+    "montage": ("atlas_ramp.results.montage", "a contact sheet of a split's subjects"),
+    "export": (
+        "atlas_ramp.results.export",
+        "a submission's predictions as BIDS lesion masks",
+    ),
     "instructor": (
-        "atlas_ramp.instructor",
+        "atlas_ramp.course.instructor",
         "a course's private (labelled) and public data folders",
     ),
     "server": (
-        "atlas_ramp.server",
+        "atlas_ramp.course.server",
         "run a course on a RAMP server: deploy an event, dispatch its submissions",
     ),
 }

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .atlas_release import ATLAS_URL
+from .archive.release import ATLAS_URL
 from .bids import DataError
 
 

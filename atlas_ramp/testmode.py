@@ -10,11 +10,11 @@ The rule: unset, empty, ``0``, ``false``, ``no`` or ``off`` (any case) is the fu
 run; any other value is quick mode. ``RAMP_TEST_MODE=1 ramp-blend ...`` blends the
 2 folds that a quick ``ramp-test --save-output`` saved.
 
-On a course server, the sandbox (:mod:`atlas_ramp.sandbox`) sets a second
+On a course server, the sandbox (:mod:`atlas_ramp.course.sandbox`) sets a second
 variable, ``ATLAS_RAMP_UNLABELLED_TEST=1``: the test split is then read as
 unlabelled (its masks are not in the sandbox), ``ramp-test`` saves the test
 predictions and reports NaN test scores, and trusted code outside the sandbox
-scores them (:mod:`atlas_ramp.trusted_scoring`). It follows the same rule.
+scores them (:mod:`atlas_ramp.course.trusted_scoring`). It follows the same rule.
 """
 
 from __future__ import annotations

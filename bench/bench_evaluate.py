@@ -1,4 +1,4 @@
-"""Benchmark: ``python -m atlas_ramp.evaluate`` of the starting kit at 1 mm.
+"""Benchmark: ``atlas-ramp evaluate`` of the starting kit at 1 mm.
 
 The starting kit is evaluated on the test folder of a 1 mm synthetic sample
 (default: 40 train, 16 test subjects, as ``python download_data.py`` builds it),
@@ -60,7 +60,7 @@ def measure(command: list[str], report: Path) -> int:
 
 
 def timed(kit: Path, arguments: list[str]) -> dict:
-    command = [sys.executable, "-m", "atlas_ramp.evaluate", "--no-progress"]
+    command = [sys.executable, "-m", "atlas_ramp.results.evaluate", "--no-progress"]
     with tempfile.TemporaryDirectory() as folder:
         report = Path(folder) / "run.json"
         subprocess.run(

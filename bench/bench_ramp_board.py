@@ -6,7 +6,7 @@ Deploys two events of a local ramp-board deployment (a throwaway PostgreSQL on
 other with 2. Each event receives the three baselines (``starting_kit``,
 ``voxel_classifier``, ``small_cnn``), submitted as ``<name>_s`` by one student
 with no wait between submissions; the conda-free dispatcher
-(``python -m atlas_ramp.server dispatch``) trains them all and exits. The
+(``atlas-ramp server dispatch``) trains them all and exits. The
 baselines also run through this environment's ``ramp-test --save-output``, one
 at a time, on the same data, for comparison.
 
@@ -138,7 +138,7 @@ def worker_times(log: Path, event_start: datetime) -> dict:
 def deploy(server, deployment, event, data, env) -> None:
     call(
         [
-            server, "-m", "atlas_ramp.server", "deploy", "--deployment-dir",
+            server, "-m", "atlas_ramp.course.server", "deploy", "--deployment-dir",
             deployment, "--event", event, "--title", event, "--private-data", data,
             "--worker-env", sys.prefix, "--min-seconds-between-submissions", "0",
         ],
@@ -170,7 +170,7 @@ def run_event(
     started = datetime.now().replace(microsecond=0)
     start = time.perf_counter()
     call(
-        [server, "-m", "atlas_ramp.server", "dispatch", "--config", config,
+        [server, "-m", "atlas_ramp.course.server", "dispatch", "--config", config,
          "--event-config", deployment / "events" / event / "config.yml",
          "--exit-when-done",
          *(["--dask-scheduler", scheduler, "--n-workers", len(BASELINES)]

@@ -3,8 +3,9 @@
 Synthetic sparse masks on the 197 x 233 x 189 grid (ATLAS-like lesion volumes:
 log-normal, median about 5 mL, 0.01 to 500 mL, 1 to 4 lesions; predictions with
 shifted borders, misses and false positives) are made one subject at a time and
-streamed through :func:`atlas_ramp.breakdown.score_subjects`, which keeps one row
-per subject and the masks of the 4 worst; then :func:`atlas_ramp.report.
+streamed through :func:`atlas_ramp.results.breakdown.score_subjects`, which keeps
+one row
+per subject and the masks of the 4 worst; then :func:`atlas_ramp.results.report.
 write_report` draws the figures and writes the HTML and CSVs. Making the masks is
 not counted.
 
@@ -34,9 +35,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from atlas_ramp.breakdown import WorstCase, score_subjects  # noqa: E402
 from atlas_ramp.masks import SparseMask, SparseProba  # noqa: E402
-from atlas_ramp.report import write_report  # noqa: E402
+from atlas_ramp.results.breakdown import WorstCase, score_subjects  # noqa: E402
+from atlas_ramp.results.report import write_report  # noqa: E402
 
 SHAPE = (197, 233, 189)
 VOXEL_ML = 0.001

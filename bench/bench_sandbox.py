@@ -5,7 +5,7 @@ synthetic sample of 12 + 6 subjects by default), alternately:
 
 * **plain**: ``ramp-test --submission X --save-output`` in a kit folder, as the
   unsandboxed worker runs it;
-* **sandboxed**: :func:`atlas_ramp.sandbox.run_sandboxed_submission`: staging,
+* **sandboxed**: :func:`atlas_ramp.course.sandbox.run_sandboxed_submission`: staging,
   ``ramp-test`` in bubblewrap, trusted scoring outside, as the local worker
   runs it;
 
@@ -40,7 +40,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from atlas_ramp.sandbox import run_sandboxed_submission  # noqa: E402
+from atlas_ramp.course.sandbox import run_sandboxed_submission  # noqa: E402
 
 
 def _bagged_test_dice(output: Path) -> float:

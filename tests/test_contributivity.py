@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 
-from atlas_ramp.contributivity import MARKER, ContributivityRunner
+from atlas_ramp.course.contributivity import MARKER, ContributivityRunner
 
 SUMMARY = {
     "combined_valid": 0.553,

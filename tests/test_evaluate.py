@@ -1,4 +1,4 @@
-"""``python -m atlas_ramp.evaluate``: any submission on any labelled folder.
+"""``atlas-ramp evaluate``: any submission on any labelled folder.
 
 The fast tests use tiny volumes and a submission written here, whose answer is
 known (it predicts the cube that tests/helpers.py puts in every mask). The slow
@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from atlas_ramp.bids import DataError, anat_dir
-from atlas_ramp.evaluate import evaluate, main
+from atlas_ramp.results.evaluate import evaluate, main
 from atlas_ramp.workflow import SubmissionError, TrainedSubmission
 
 from .helpers import SHAPE, make_kit, make_split, ramp_command, run, write_subject
@@ -208,7 +208,7 @@ def test_evaluate_on_test_gives_ramp_test_retrain_scores(small_sample, tmp_path)
     expected = _retrain_test_row(ramp)
     precision = {"dice": 3, "lesion_f1": 3, "volume_diff_ml": 2, "lesion_count_diff": 2}
     command = [
-        sys.executable, "-m", "atlas_ramp.evaluate", "--submission", "starting_kit",
+        sys.executable, "-m", "atlas_ramp", "evaluate", "--submission", "starting_kit",
         "--data", "data/test", "--no-progress",
     ]  # fmt: skip
     trained = run(kit, *command, "--retrain", "--output", "report")

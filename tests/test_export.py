@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from atlas_ramp.bids import DataError, find_subjects, mask_name
-from atlas_ramp.export import export_predictions, main, score_predicted_masks
+from atlas_ramp.results.export import export_predictions, main, score_predicted_masks
 
 from .helpers import make_kit, ramp_command, run
 

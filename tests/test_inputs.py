@@ -24,8 +24,8 @@ from sklearn.model_selection import GroupKFold
 import atlas_ramp.volumes as volumes
 from atlas_ramp.bids import DataError, anat_dir, find_subjects, mask_name, t1w_name
 from atlas_ramp.masks import SparseMask
-from atlas_ramp.montage import render_montage
 from atlas_ramp.predictions import object_array
+from atlas_ramp.results.montage import render_montage
 from atlas_ramp.scores import Dice, atlas_score_types
 from atlas_ramp.splits import CohortStratifiedShuffleSplit, LeaveCohortsOut
 from atlas_ramp.volumes import ImageSequence, MaskSequence, load_masks, load_split

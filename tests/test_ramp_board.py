@@ -1,9 +1,9 @@
 """A course on a real RAMP server: ramp-board 0.10.1 and PostgreSQL, end to end.
 
-The instructor deploys an event with ``python -m atlas_ramp.server deploy`` on a
+The instructor deploys an event with ``atlas-ramp server deploy`` on a
 small synthetic sample, signs two students up with ramp-board's own commands;
 the students submit through ramp-board's database API; the conda-free dispatcher
-(``python -m atlas_ramp.server dispatch``) trains the submissions with this
+(``atlas-ramp server dispatch``) trains the submissions with this
 environment's ``ramp-test``. The database must then hold exactly the scores
 ``ramp-test`` gives on the same data, the leaderboard must show them, a broken
 submission must be a ``training_error`` with its message, and the starting kit
@@ -63,7 +63,7 @@ def in_ci() -> bool:
 
 def sandbox_or_skip() -> None:
     """The dispatcher trains in bubblewrap: skip without it, except in CI."""
-    from atlas_ramp.sandbox import SandboxUnavailable, check_sandbox
+    from atlas_ramp.course.sandbox import SandboxUnavailable, check_sandbox
 
     try:
         check_sandbox()
@@ -114,13 +114,13 @@ class Server:
 
     def deploy(self, *args, check=True):
         return self.run(
-            "-m", "atlas_ramp.server", "deploy", "--deployment-dir", self.deployment,
+            "-m", "atlas_ramp", "server", "deploy", "--deployment-dir", self.deployment,
             *args, check=check,
         )  # fmt: skip
 
     def dispatch(self, *args):
         return self.run(
-            "-m", "atlas_ramp.server", "dispatch", "--config", self.config,
+            "-m", "atlas_ramp.course.server", "dispatch", "--config", self.config,
             "--event-config", self.event_config, "--exit-when-done", *args,
         )  # fmt: skip
 
@@ -189,7 +189,7 @@ def test_bad_arguments_write_nothing(server, postgres, small_sample, tmp_path):
     )
     assert no_masks.returncode == 1
     assert "has no lesion mask" in no_masks.stderr
-    assert "atlas_ramp.instructor" in no_masks.stderr
+    assert "atlas_ramp.course.instructor" in no_masks.stderr
     assert deployed_files(server.deployment) == before
 
 
@@ -505,7 +505,7 @@ def test_losing_a_worker_fails_only_its_submission(server, hosts, pool, tmp_path
     basename = slow_run["basename"]
     with open(tmp_path / "dispatcher.out", "wb") as output:
         dispatcher = subprocess.Popen(
-            [str(server.python), "-m", "atlas_ramp.server", "dispatch",
+            [str(server.python), "-m", "atlas_ramp.course.server", "dispatch",
              "--config", str(server.config), "--event-config", str(server.event_config),
              "--dask-scheduler", hosts.address, "--n-workers", "2"],
             cwd=server.deployment, env=server_env(), stdout=output,
@@ -539,7 +539,7 @@ def test_losing_a_worker_fails_only_its_submission(server, hosts, pool, tmp_path
 GUARDED_WORKERS = """
 import json, logging
 from ramp_engine.base import BaseWorker
-from atlas_ramp.dispatcher import GuardedWorker
+from atlas_ramp.course.dispatcher import GuardedWorker
 
 class MissingLog(BaseWorker):
     def _is_submission_finished(self):

@@ -22,7 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from atlas_ramp.breakdown import (
+from atlas_ramp.masks import SparseMask, SparseProba
+from atlas_ramp.results.breakdown import (
     SIZE_BINS,
     WorstCase,
     detection_by_size,
@@ -30,8 +31,7 @@ from atlas_ramp.breakdown import (
     score_subjects,
     size_bin,
 )
-from atlas_ramp.masks import SparseMask, SparseProba
-from atlas_ramp.report import write_report
+from atlas_ramp.results.report import write_report
 from atlas_ramp.scores import lesion_detection_counts
 
 from .helpers import make_kit, ramp_command, run
@@ -297,7 +297,13 @@ def test_report_from_saved_predictions_matches_ramp_test(small_sample, tmp_path)
     )
     test_row = bagged.xs("test", level="step").iloc[-1]  # all folds bagged
 
-    run(kit, sys.executable, "-m", "atlas_ramp.report", "submissions/starting_kit")
+    run(
+        kit,
+        sys.executable,
+        "-m",
+        "atlas_ramp.results.report",
+        "submissions/starting_kit",
+    )
     scores = pd.read_csv(kit / "reports/starting_kit/scores.csv", index_col=0)
     for name in ("dice", "lesion_f1", "volume_diff_ml", "lesion_count_diff"):
         assert scores.loc["starting_kit", f"{name}_mean"] == pytest.approx(
@@ -305,7 +311,7 @@ def test_report_from_saved_predictions_matches_ramp_test(small_sample, tmp_path)
         ), name
 
     output = run(
-        kit, sys.executable, "-m", "atlas_ramp.report", "submissions/starting_kit",
+        kit, sys.executable, "-m", "atlas_ramp", "report", "submissions/starting_kit",
         "submissions/starting_copy", "--blend", "--output", "side_by_side",
     )  # fmt: skip
     assert "side_by_side" in output
@@ -322,7 +328,7 @@ def test_report_from_saved_predictions_matches_ramp_test(small_sample, tmp_path)
 
 @pytest.mark.parametrize("x_step", [4.0, -4.0])  # RAS and LAS storage
 def test_axial_slices_put_the_subjects_left_on_the_left(x_step):
-    from atlas_ramp.figures import axial_slices, convention_note
+    from atlas_ramp.results.figures import axial_slices, convention_note
 
     shape = (10, 8, 6)
     affine = np.diag([x_step, 4.0, 4.0, 1.0])
@@ -362,7 +368,7 @@ def test_blend_uses_ramp_blends_predictions_when_it_saved_them(small_sample, tmp
     combined = kit / "submissions/training_output/y_pred_combined_bagged_test.npz"
     assert combined.is_file()
     run(
-        kit, sys.executable, "-m", "atlas_ramp.report", "submissions/starting_kit",
+        kit, sys.executable, "-m", "atlas_ramp", "report", "submissions/starting_kit",
         "submissions/starting_copy", "--blend", "--output", "blended",
     )  # fmt: skip
     page = html.unescape((kit / "blended/report.html").read_text())

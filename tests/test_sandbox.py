@@ -30,13 +30,13 @@ import pandas as pd
 import pytest
 
 from atlas_ramp import sandbox
-from atlas_ramp.masks import SparseProba
-from atlas_ramp.trusted_scoring import (
+from atlas_ramp.course.trusted_scoring import (
     ForgedOutput,
     _read_time,
     check_predictions,
     score_training_output,
 )
+from atlas_ramp.masks import SparseProba
 from atlas_ramp.volumes import load_split
 from atlas_ramp.workflow import TrainedSubmission, predict_sparse
 

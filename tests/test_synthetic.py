@@ -18,8 +18,8 @@ from scipy.spatial.transform import Rotation
 from atlas_ramp import bids, synthetic
 from atlas_ramp.bids import DataError
 from atlas_ramp.download import main as download_main
-from atlas_ramp.montage import main as montage_main
-from atlas_ramp.montage import render_montage
+from atlas_ramp.results.montage import main as montage_main
+from atlas_ramp.results.montage import render_montage
 from atlas_ramp.testing.release import write_atlas_release
 
 SHAPE_4MM = (50, 59, 48)  # ceil((197, 233, 189) / 4)

@@ -1,6 +1,6 @@
 """One submission on a dask worker's host, without dask (no ramp-board needed).
 
-:func:`atlas_ramp.worker_host.run_submission_here` runs here with a stand-in
+:func:`atlas_ramp.course.worker_host.run_submission_here` runs here with a stand-in
 ``ramp-test`` (a shell script) in a stand-in worker environment; the real one,
 on dask workers, is checked in ``test_ramp_board.py``.
 """
@@ -11,7 +11,7 @@ import tarfile
 
 import pytest
 
-from atlas_ramp.worker_host import (
+from atlas_ramp.course.worker_host import (
     TIMEOUT_EXIT_CODE,
     read_submission_files,
     run_submission_here,
@@ -78,7 +78,7 @@ def test_the_timeout_stops_ramp_test(host, monkeypatch):
     assert b"Killed after the event's timeout of 1 s" in result["log"]
 
 
-# Stands in for `python -m atlas_ramp.sandbox ...`: writes the scored output
+# Stands in for `python -m atlas_ramp.course.sandbox ...`: writes the scored output
 # where --output-dir says, and appends to --log, as the real runner does.
 FAKE_SANDBOX_PYTHON = """#!/bin/sh
 echo "python $*"
@@ -102,7 +102,7 @@ def test_the_sandbox_runs_the_submission_unless_the_event_turns_it_off(host, tmp
     result = run_submission_here({"estimator.py": b""}, "submission_000000004", host)
     assert result["returncode"] == 0, result["log"]
     log = result["log"].decode()
-    assert "-m atlas_ramp.sandbox" in log and "[sandbox] scored" in log
+    assert "-m atlas_ramp.course.sandbox" in log and "[sandbox] scored" in log
     assert f"--kit-dir {host['kit_dir']}" in log
     assert "/submissions/submission_000000004 " in log
     assert "--timeout 54.4" in log  # before the host's own kill at 60 s

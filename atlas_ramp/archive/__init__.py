@@ -7,7 +7,7 @@ openssl, tar, a reshuffle script, and room for three copies. Here it is one
 command, :func:`install_atlas` (``python download_data.py --atlas``), with memory
 that does not grow with the archive. One module per step:
 
-* :mod:`~atlas_ramp.archive.download`: resumable HTTP download (requests);
+* :mod:`~atlas_ramp.archive.fetch`: resumable HTTP download (requests);
 * :mod:`~atlas_ramp.archive.password`: where the password comes from;
 * :mod:`~atlas_ramp.archive.openssl`: the ``openssl enc`` format, decrypted as a
   stream, and the password check on the first block;
@@ -21,12 +21,10 @@ that does not grow with the archive. One module per step:
   kind of failure.
 
 The facts about the release (URL, SHA-256, license) live in
-:mod:`atlas_ramp.atlas_release`; encrypting archives, which only tests and
+:mod:`atlas_ramp.archive.release`; encrypting archives, which only tests and
 benchmarks need, in :mod:`atlas_ramp.testing.archives`.
 """
 
-from ..atlas_release import ATLAS_ARCHIVE_NAME, ATLAS_SHA256, ATLAS_URL
-from .download import ResumableDownload
 from .errors import (
     ChecksumError,
     CorruptArchiveError,
@@ -34,6 +32,7 @@ from .errors import (
     UnsafeArchiveError,
     WrongPasswordError,
 )
+from .fetch import ResumableDownload
 from .install import DOWNLOADS_DIR_NAME, INSTALLED_ENTRIES, install_atlas
 from .openssl import (
     BASE64_SALT_HEADER,
@@ -42,6 +41,7 @@ from .openssl import (
     evp_bytes_to_key,
 )
 from .password import PASSWORD_ENV_VAR, resolve_password
+from .release import ATLAS_ARCHIVE_NAME, ATLAS_SHA256, ATLAS_URL
 from .untar import extract_tar_stream, safe_member, unpack_archive_stream
 
 __all__ = [

@@ -38,18 +38,18 @@ from pathlib import Path, PurePosixPath
 from tqdm.auto import tqdm
 
 from .._io import file_sha256, staging_folder, swap_into_place
-from ..atlas_release import ATLAS_ARCHIVE_NAME, ATLAS_SHA256, ATLAS_URL
 from ..bids import DataError
-from .download import DOWNLOAD_RETRIES, ResumableDownload, human_size
 from .errors import (
     ChecksumError,
     CorruptArchiveError,
     UnsafeArchiveError,
     WrongPasswordError,
 )
+from .fetch import DOWNLOAD_RETRIES, ResumableDownload, human_size
 from .layout import lay_out_release
 from .openssl import GZIP_MAGIC, HEAD_SIZE, check_password
 from .password import resolve_password
+from .release import ATLAS_ARCHIVE_NAME, ATLAS_SHA256, ATLAS_URL
 from .untar import CHUNK_SIZE, unpack_archive_stream
 
 # The extracted files take this many times the archive's size (the ATLAS archive

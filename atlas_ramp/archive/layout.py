@@ -13,9 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..atlas_release import write_split_description, write_split_manifest
 from ..bids import DataError, Subject, find_subjects
 from ..splits import stratified_holdout
+from .release import write_split_description, write_split_manifest
 
 
 def _locate_release_folder(root: Path, folder_name: str) -> Path | None:

@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes, padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
 
-from ..atlas_release import ATLAS_ARCHIVE_NAME
 from .errors import CorruptArchiveError, NotAtlasFormatError, WrongPasswordError
+from .release import ATLAS_ARCHIVE_NAME
 
 SALT_HEADER = b"Salted__"
 BASE64_SALT_HEADER = b"U2FsdGVkX1"  # base64 of "Salted__", as far as it is fixed

@@ -204,7 +204,7 @@ the whole head instead of windows: 0.812, 1,245 s; with 32-voxel patches
 issue: 0.714, F1 0.916, 1,400 s. ``ramp-test --quick-test`` (24-voxel
 patches, one pass): bagged test Dice 0.584, F1 0.477, 90 s (with the mirror,
 on the faster machine: 0.336, 82 s). One model fit on all 40 training
-subjects (``python -m atlas_ramp.evaluate``): ``data/test`` Dice 0.823, F1
+subjects (``atlas-ramp evaluate``): ``data/test`` Dice 0.823, F1
 0.967; ``data/generalizability`` Dice 0.585, F1 0.649, volume difference 2.9
 mL, lesion count off by 0.9 a subject (R008 0.45, the three other unseen
 cohorts 0.81); single fits vary: seeds 0 and 1 on another machine, 0.564 and

@@ -1,6 +1,6 @@
 """What a course event serves, and the checks that keep ATLAS data out of it.
 
-A RAMP event on ramp-board (see :mod:`atlas_ramp.server`) serves two things,
+A RAMP event on ramp-board (see :mod:`atlas_ramp.course.server`) serves two things,
 from two folders of the deployment:
 
 * the **kit folder**, ``ramp-kits/atlas_stroke/``: the kit's code
@@ -8,7 +8,7 @@ from two folders of the deployment:
   baselines in ``submissions/`` and the starting-kit notebook, under the name
   ramp-board wants (``atlas_stroke_starting_kit.ipynb``, a copy of
   ``starting_kit.ipynb``), and a ``README.md`` for students (a copy of
-  ``atlas_ramp/course_readme.md``: no data here, what to download under the
+  ``atlas_ramp/course/student_readme.md``: no data here, what to download under the
   data use agreement, how to test and submit). ramp-board zips this folder
   (``events_archived/<event>.zip``) and its website offers the zip to anyone,
   without login: it is what students download to start;
@@ -40,8 +40,8 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from ._io import link_or_copy, staging_folder
-from .bids import DataError, find_subjects
+from .._io import link_or_copy, staging_folder
+from ..bids import DataError, find_subjects
 
 # ramp-board's name of the problem: the kit folder, the data folder and every
 # event name are built from it.
@@ -51,7 +51,7 @@ NOTEBOOK = f"{PROBLEM_NAME}_starting_kit.ipynb"
 # below are never copied (outputs, caches and, above all, data).
 KIT_FILES = ("problem.py", "download_data.py", "requirements.txt", "pyproject.toml")
 KIT_FOLDERS = ("atlas_ramp", "submissions")
-COURSE_README = "course_readme.md"  # in atlas_ramp/; the kit's README.md
+COURSE_README = "student_readme.md"  # beside this module; the kit's README.md
 _KIT_IGNORE = shutil.ignore_patterns(
     "training_output",
     "__pycache__",
@@ -61,11 +61,11 @@ _KIT_IGNORE = shutil.ignore_patterns(
     "*.nii*",
     COURSE_README,
 )
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
-# Raised by these checks and by the deployment itself (atlas_ramp.server,
-# atlas_ramp.ramp_worker); defined here, which both import, so that there is one
+# Raised by these checks and by the deployment itself (atlas_ramp.course.server,
+# atlas_ramp.course.ramp_worker); defined here, which both import, so that there is one
 # class and no circular import.
 class DeployError(ValueError):
     """A deployment that cannot go ahead; the message says what to do."""
@@ -137,7 +137,7 @@ def check_course_data(data_dir: Path | str) -> dict[str, int]:
             raise DataError(
                 f"{unlabelled[0].t1w_path} has no lesion mask: the server trains and "
                 f"grades on masks. Pass the private folder written by `python -m "
-                f"atlas_ramp.instructor --private ...` (labelled train/ and test/)."
+                f"instructor --private ...` (labelled train/ and test/)."
             )
         counts[split] = len(subjects)
     return counts
@@ -156,7 +156,7 @@ def build_kit(destination: Path, repo: Path = REPO) -> None:
         # ramp-board wants <problem>_starting_kit.ipynb; the student's file keeps
         # its own name in the repository.
         shutil.copy2(repo / "starting_kit.ipynb", kit / NOTEBOOK)
-        shutil.copy2(repo / "atlas_ramp" / COURSE_README, kit / "README.md")
+        shutil.copy2(repo / "atlas_ramp" / "course" / COURSE_README, kit / "README.md")
         check_kit_has_no_data(kit)
         os.rename(kit, destination)
     finally:
@@ -188,7 +188,7 @@ def build_data(
     try:
         data = stage / "data"
         if synthetic is not None:
-            from .synthetic import build_sample
+            from ..synthetic import build_sample
 
             n_train, n_test = synthetic
             build_sample(

@@ -11,20 +11,20 @@ code.
 
 Each submission trains in a sandbox where the private test masks cannot be
 read, and its test predictions are scored outside it
-(:func:`atlas_ramp.sandbox.run_sandboxed_submission`), on the dispatcher's host
+(:func:`atlas_ramp.course.sandbox.run_sandboxed_submission`), on the dispatcher's host
 or on a dask worker's; ``--no-sandbox`` (the event's ``worker: sandbox:
 false``) runs plain ``ramp-test`` instead, where bubblewrap cannot work and
 every student is trusted.
 
-:func:`dispatch` runs the course's dispatcher (:mod:`atlas_ramp.dispatcher`)
+:func:`dispatch` runs the course's dispatcher (:mod:`atlas_ramp.course.dispatcher`)
 with it, from the server's environment::
 
-    python -m atlas_ramp.server dispatch --config /srv/ramp/config.yml \\
+    atlas-ramp server dispatch --config /srv/ramp/config.yml \\
         --event-config /srv/ramp/events/atlas_stroke_course/config.yml \\
         --python-env /srv/atlas-worker
 
 and with ``--dask-scheduler tcp://HOST:8786`` it trains on a pool of dask
-workers on any number of machines instead (:mod:`atlas_ramp.dask_pool`).
+workers on any number of machines instead (:mod:`atlas_ramp.course.dask_pool`).
 Where conda exists, ramp-engine's own ``ramp launch dispatcher --event-config
 ...`` trains the same deployment with its ``conda`` worker (``conda_env`` of
 the event's configuration), without the course dispatcher's changes.
@@ -92,7 +92,7 @@ class VirtualenvWorker(CondaEnvWorker):
         BaseWorker.setup(self)
 
     def launch_submission(self):
-        """Start ``python -m atlas_ramp.sandbox`` (or plain ``ramp-test``).
+        """Start ``python -m atlas_ramp.course.sandbox`` (or plain ``ramp-test``).
 
         Its output goes to ramp-engine's log, as ``ramp-test``'s does; the
         scored ``training_output`` is where ramp-engine collects it from.
@@ -121,7 +121,7 @@ class VirtualenvWorker(CondaEnvWorker):
             # the sandbox and removes its staging folder itself.
             "--timeout": str(max(1.0, 0.99 * self.timeout - 5)),
         }
-        command = [sys.executable, "-m", "atlas_ramp.sandbox"]
+        command = [sys.executable, "-m", "atlas_ramp.course.sandbox"]
         for option, value in options.items():
             command += [option, value]
         self._proc = subprocess.Popen(
@@ -151,7 +151,7 @@ def dispatch(
     """Run the course's dispatcher for one event with a conda-free worker.
 
     The dispatcher is ramp-engine's, made to survive failed submissions and to
-    keep ramp-board's contributivity up to date (:mod:`atlas_ramp.dispatcher`).
+    keep ramp-board's contributivity up to date (:mod:`atlas_ramp.course.dispatcher`).
 
     Parameters
     ----------
@@ -161,13 +161,13 @@ def dispatch(
         The workers' environment prefix; default: the event's ``python_env``.
     dask_scheduler : str, optional
         Train on the dask workers of this scheduler, on any number of hosts
-        (:mod:`atlas_ramp.dask_pool`), instead of local processes.
+        (:mod:`atlas_ramp.course.dask_pool`), instead of local processes.
     n_workers, n_threads : int, optional
         Default: the event's ``dispatcher`` section (1 worker, no thread cap).
     exit_when_done : bool
         Stop when no submission is left to train (else poll for new ones).
     sandbox : bool, optional
-        Train in the sandbox (:mod:`atlas_ramp.sandbox`); default: the event's
+        Train in the sandbox (:mod:`atlas_ramp.course.sandbox`); default: the event's
         ``worker: sandbox`` setting, True when absent. False lets students'
         code read the private test masks.
 

@@ -12,7 +12,7 @@ submissions, launch workers, collect results, write scores):
   ``checking_error`` with a message saying what failed, and the loop goes on;
 * **contributivity is kept up to date**: once submissions have been newly
   scored, ramp-board's ``compute-contributivity`` runs in the background
-  (:class:`atlas_ramp.contributivity.ContributivityRunner`): when nothing is
+  (:class:`atlas_ramp.course.contributivity.ContributivityRunner`): when nothing is
   left to train, or every few minutes while training goes on; nothing runs
   when nothing new was scored.
 

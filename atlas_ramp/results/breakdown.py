@@ -3,7 +3,7 @@
 The leaderboard gives four numbers, means over subjects. This module keeps what
 they are made of: for each subject the four challenge scores and, lesion by
 lesion, which true lesions were found and which predicted ones are false, by
-lesion size. :mod:`atlas_ramp.report` turns these tables into figures and HTML.
+lesion size. :mod:`atlas_ramp.results.report` turns these tables into figures and HTML.
 
 Lesion sizes
 ------------
@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .masks import SparseMask
-from .scores import atlas_score_types, lesion_matches
+from ..masks import SparseMask
+from ..scores import atlas_score_types, lesion_matches
 
 #: Size bins of lesions, with their upper edges in mL (the last is open).
 SIZE_BINS = ("tiny", "small", "medium", "large")

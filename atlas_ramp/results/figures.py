@@ -147,7 +147,7 @@ def plot_worst_subjects(fig, cases, names, affine, radiological: bool = False):
     fig : matplotlib Figure
         Empty; axes are added to it.
     cases : list of WorstCase
-        Of :class:`atlas_ramp.breakdown.WorstCase`.
+        Of :class:`atlas_ramp.results.breakdown.WorstCase`.
     names : list of str
         The submissions, in column order.
     affine : ndarray of shape (4, 4)
@@ -187,7 +187,7 @@ def plot_detection_by_size(axes, detection, names):
     axes : two matplotlib Axes
         Recall on the first, precision on the second.
     detection : pandas DataFrame
-        :func:`atlas_ramp.breakdown.detection_table`: index (submission, bin).
+        :func:`atlas_ramp.results.breakdown.detection_table`: index (submission, bin).
     names : list of str
     """
     bins = list(dict.fromkeys(detection.index.get_level_values("size")))
@@ -264,7 +264,7 @@ def plot_cohorts(ax, cohorts, names):
     ----------
     ax : matplotlib Axes
     cohorts : pandas DataFrame
-        :func:`atlas_ramp.breakdown.cohort_table`: index (submission, cohort).
+        :func:`atlas_ramp.results.breakdown.cohort_table`: index (submission, cohort).
     names : list of str
     """
     labels = sorted(set(cohorts.index.get_level_values("cohort")))

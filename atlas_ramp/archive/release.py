@@ -4,8 +4,9 @@ One home for the facts about the real data that several parts of the kit need:
 the archive's name, URL and SHA-256 (the installer, :mod:`atlas_ramp.archive`,
 and the command line, :mod:`atlas_ramp.download`), and the license and reference
 that every folder made from ATLAS subjects carries in its
-``dataset_description.json`` (the installer and :mod:`atlas_ramp.instructor`).
-Importing this module costs nothing: no cryptography, no network.
+``dataset_description.json`` (the installer and
+:mod:`atlas_ramp.course.instructor`). It uses the standard library only, and no
+network.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from ._io import write_dataset_description, write_tsv
+from .._io import write_dataset_description, write_tsv
 
 #: The encrypted archive as INDI publishes it.
 ATLAS_ARCHIVE_NAME = "ATLAS_R2.0_encrypted.tar.gz"

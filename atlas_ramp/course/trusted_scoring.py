@@ -1,6 +1,6 @@
 """Score what a sandboxed ``ramp-test`` saved, outside the sandbox, with the masks.
 
-In the course server's sandbox (:mod:`atlas_ramp.sandbox`), ``ramp-test
+In the course server's sandbox (:mod:`atlas_ramp.course.sandbox`), ``ramp-test
 --save-output`` sees no test mask: it saves every fold's predictions
 (``fold_<i>/y_pred_train.npz``, ``y_pred_test.npz``) and times, and prints NaN
 test scores. This module, run by the server with the kit's own code, reads
@@ -13,7 +13,7 @@ replacing what the submission's process wrote there:
 * ``bagged_scores.csv``: the CV-bagged valid and test scores;
 * ``fold_<i>/{train,valid,test}_time``: rewritten as plain numbers.
 
-Run ``python -m atlas_ramp.trusted_scoring --kit-dir K --data-dir D
+Run ``python -m atlas_ramp.course.trusted_scoring --kit-dir K --data-dir D
 --training-output T`` in the quick mode ``ramp-test`` ran in (the same
 variables), without ``ATLAS_RAMP_UNLABELLED_TEST``.
 """
@@ -33,8 +33,8 @@ from rampwf.utils.pretty_print import print_df_scores, print_title
 from rampwf.utils.scoring import round_df_scores, score_matrix
 from rampwf.utils.submission import bag_submissions
 
-from ._io import atomic_path, atomic_write_text
-from .testmode import UNLABELLED_TEST_VARIABLE, is_unlabelled_test
+from .._io import atomic_path, atomic_write_text
+from ..testmode import UNLABELLED_TEST_VARIABLE, is_unlabelled_test
 
 STEPS = ("train", "valid", "test")
 
@@ -183,9 +183,9 @@ def score_training_output(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m atlas_ramp.trusted_scoring``."""
+    """``python -m atlas_ramp.course.trusted_scoring``."""
     parser = argparse.ArgumentParser(
-        prog="python -m atlas_ramp.trusted_scoring",
+        prog="python -m atlas_ramp.course.trusted_scoring",
         description="Score a sandboxed ramp-test's saved predictions.",
     )
     parser.add_argument("--kit-dir", type=Path, required=True)
@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         score_training_output(args.kit_dir, args.data_dir, args.training_output)
     except ForgedOutput as error:
         print(
-            f"atlas_ramp.trusted_scoring: the submission's output is refused: {error}",
+            "atlas_ramp.course.trusted_scoring: the submission's output is refused: "
+            f"{error}",
             file=sys.stderr,
         )
         return 1

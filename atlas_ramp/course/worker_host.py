@@ -1,9 +1,9 @@
 """What runs on a dask worker's host: one submission, from its files to its outputs.
 
-The dispatcher's dask pool (:mod:`atlas_ramp.dask_pool`) sends each submission
+The dispatcher's dask pool (:mod:`atlas_ramp.course.dask_pool`) sends each submission
 to the pool as ONE task, :func:`run_submission_here`: it receives the
 submission's files as bytes, runs ``ramp-test`` on the host of the dask worker
-that picked the task (in the sandbox of :mod:`atlas_ramp.sandbox`, which
+that picked the task (in the sandbox of :mod:`atlas_ramp.course.sandbox`, which
 scores the test predictions outside it, unless the event turned the sandbox
 off), and returns the log and the scored predictions as bytes. Every
 step of a submission therefore runs on one worker, whatever the hosts' names,
@@ -85,14 +85,16 @@ def ramp_test_command(
 def sandboxed_command(
     settings: dict, submission: str, submissions_dir: Path, scratch: Path
 ) -> list[str]:
-    """The same run in the sandbox, scored outside it (:mod:`atlas_ramp.sandbox`).
+    """The same run in the sandbox, scored outside it.
+
+    See :mod:`atlas_ramp.course.sandbox`.
 
     The scored ``training_output`` lands in ``scratch/sandboxed_output``; the
     run appends to ``scratch/log``.
     """
     python = Path(settings["python_env"]) / "bin" / "python"
     command = [
-        str(python), "-m", "atlas_ramp.sandbox",
+        str(python), "-m", "atlas_ramp.course.sandbox",
         "--kit-dir", settings["kit_dir"],
         "--data-dir", settings["data_dir"],
         "--submission-dir", str(submissions_dir / submission),

@@ -4,7 +4,7 @@ One row per subject: sagittal, coronal and axial slices through the lesion (its
 centre of mass, or the nearest lesion voxel), the T1w image in grey and the mask
 outlined in red. Run it on the synthetic sample or on real ATLAS data::
 
-    python -m atlas_ramp.montage data/train --output montage.png --max-subjects 12
+    atlas-ramp montage data/train --output montage.png --max-subjects 12
 
 The slices are drawn by nilearn (``plot_anat`` and ``add_contours``), which
 places them by world coordinates: left and right come from each image's affine,
@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .bids import find_subjects
+from ..bids import find_subjects
 
 CONVENTION = "Neurological convention: the subject's left is on the image's left."
 
@@ -123,7 +123,7 @@ def render_montage(split_dir, output, max_subjects: int = 12, dpi: int = 110) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m atlas_ramp.montage SPLIT --output PNG``."""
+    """Command line: ``atlas-ramp montage SPLIT --output PNG``."""
     parser = argparse.ArgumentParser(
         prog="atlas-ramp montage",
         description="Render three slices through each subject's lesion as a PNG.",

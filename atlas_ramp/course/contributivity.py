@@ -18,7 +18,7 @@ training goes on, at most every ``min_interval`` seconds (several submissions
 scored close together make one blend); submissions scored while a blend runs
 are blended by the next one.
 
-``python -m atlas_ramp.contributivity CONFIG EVENT_CONFIG`` is that process; it
+``python -m atlas_ramp.course.contributivity CONFIG EVENT_CONFIG`` is that process; it
 prints, last, one line ``CONTRIBUTIVITY <json>``: the event's combined scores
 and each scored submission's contributivity. ramp-board is imported inside
 functions only: this module runs in the server's environment.
@@ -91,7 +91,7 @@ class ContributivityRunner:
 
     def __init__(self, config, event_config, log_path, logger, min_interval=300):
         self.command = [
-            sys.executable, "-m", "atlas_ramp.contributivity",
+            sys.executable, "-m", "atlas_ramp.course.contributivity",
             str(config), str(event_config),
         ]  # fmt: skip
         self.log_path = Path(log_path)
@@ -178,7 +178,7 @@ class ContributivityRunner:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m atlas_ramp.contributivity CONFIG EVENT_CONFIG``."""
+    """``python -m atlas_ramp.course.contributivity CONFIG EVENT_CONFIG``."""
     config, event_config = sys.argv[1:] if argv is None else argv
     summary = compute(config, event_config)
     print(MARKER + json.dumps(summary), flush=True)

@@ -1,14 +1,16 @@
 """Where a submission fails: an HTML report people look at.
 
-From per-subject tables (:mod:`atlas_ramp.breakdown`, one per submission) this
+From per-subject tables (:mod:`atlas_ramp.results.breakdown`, one per submission) this
 module writes ``report.html``, with its PNG figures and CSV tables beside it:
 
 * the scores (mean ± standard deviation over subjects, and median);
 * detection by lesion size: recall and precision per size bin (tiny < 0.1 mL,
-  small 0.1–1 mL, medium 1–10 mL, large ≥ 10 mL; see :mod:`atlas_ramp.breakdown`);
+  small 0.1–1 mL, medium 1–10 mL, large ≥ 10 mL; see
+  :mod:`atlas_ramp.results.breakdown`);
 * Dice against true lesion volume, one point per subject;
 * the scores per cohort;
-* the worst subjects, drawn with the errors in colour (:mod:`atlas_ramp.figures`).
+* the worst subjects, drawn with the errors in colour
+  (:mod:`atlas_ramp.results.figures`).
 
 Several submissions (and their blend) appear side by side in every table and
 figure. The HTML references only the files written beside it, so the folder can
@@ -20,8 +22,8 @@ From the predictions that ``ramp-test --save-output`` saved, without retraining:
 the fold models' test probabilities, averaged voxel by voxel as ramp-workflow
 bags them, scored against the kit's ``data/test``::
 
-    python -m atlas_ramp.report submissions/starting_kit
-    python -m atlas_ramp.report submissions/A submissions/B --blend
+    atlas-ramp report submissions/starting_kit
+    atlas-ramp report submissions/A submissions/B --blend
 
 The blend is ramp-blend's combined prediction when ramp-blend saved one for
 exactly these submissions (``submissions/training_output/
@@ -31,7 +33,7 @@ voxel-wise mean of the submissions' bagged probabilities, with equal weights.
 The report says which.
 
 To score a submission on another labelled folder (``data/generalizability``, an
-instructor's private set), use :mod:`atlas_ramp.evaluate`: it writes the same
+instructor's private set), use :mod:`atlas_ramp.results.evaluate`: it writes the same
 report.
 """
 
@@ -45,8 +47,12 @@ import numpy as np
 import pandas as pd
 from rampwf.utils.importing import import_module_from_source
 
-from ._io import atomic_path, atomic_write_text
-from .bids import DataError
+from .._io import atomic_path, atomic_write_text
+from ..bids import DataError
+from ..masks import mean_probabilities
+from ..predictions import Predictions, load_sparse_probas
+from ..scores import atlas_score_types
+from ..testmode import quick_test_mode
 from .breakdown import (
     SCORE_NAMES,
     SIZE_BINS,
@@ -57,10 +63,6 @@ from .breakdown import (
     score_summary,
     select_worst,
 )
-from .masks import mean_probabilities
-from .predictions import Predictions, load_sparse_probas
-from .scores import atlas_score_types
-from .testmode import quick_test_mode
 
 _LOWER_IS_BETTER = {s.name: s.is_lower_the_better for s in atlas_score_types()}
 
@@ -400,7 +402,7 @@ def report_from_saved(
 
 
 def main(argv=None) -> int:
-    """``python -m atlas_ramp.report submissions/NAME [submissions/OTHER ...]``."""
+    """``atlas-ramp report submissions/NAME [submissions/OTHER ...]``."""
     parser = argparse.ArgumentParser(
         prog="atlas-ramp report",
         description="Report on the test predictions saved by ramp-test --save-output.",

@@ -14,9 +14,9 @@ so scoring the written files gives the same numbers as ``ramp-test``.
 
 Command line::
 
-    python -m atlas_ramp.export --submission submissions/starting_kit \\
+    atlas-ramp export --submission submissions/starting_kit \\
         --input data/unlabelled --output predictions/starting_kit
-    python -m atlas_ramp.export \\
+    atlas-ramp export \\
         --model submissions/x/training_output/retrained_model.pkl \\
         --input data/test --output predictions/x --score-against data/test
 """
@@ -33,12 +33,12 @@ import cloudpickle
 import nibabel as nib
 import numpy as np
 
-from ._io import atomic_path, object_array, staging_folder, write_dataset_description
-from .bids import DataError, mask_name, parse_entities, read_header
-from .masks import SparseMask
-from .scores import atlas_score_types
-from .volumes import ImageSequence, load_masks, load_split
-from .workflow import LesionSegmentation, TrainedSubmission, predict_sparse
+from .._io import atomic_path, object_array, staging_folder, write_dataset_description
+from ..bids import DataError, mask_name, parse_entities, read_header
+from ..masks import SparseMask
+from ..scores import atlas_score_types
+from ..volumes import ImageSequence, load_masks, load_split
+from ..workflow import LesionSegmentation, TrainedSubmission, predict_sparse
 
 
 def load_trained_model(path: Path | str) -> TrainedSubmission:
@@ -111,7 +111,7 @@ def export_predictions(
             f"Lesion masks predicted by the '{model.name}' submission",
             GeneratedBy=[
                 {
-                    "Name": "atlas_ramp.export",
+                    "Name": "atlas_ramp.results.export",
                     "Description": f"RAMP submission '{model.name}', threshold 0.5",
                 }
             ],

@@ -17,11 +17,11 @@ or ``data/test`` again. It
 3. prints the four challenge scores and writes the per-subject scores
    (``per_subject_<submission>_<folder>.csv``, so that two runs do not
    overwrite each other's); with ``--output DIR`` also the report of
-   :mod:`atlas_ramp.report`, ``DIR/per_subject.csv`` among its tables.
+   :mod:`atlas_ramp.results.report`, ``DIR/per_subject.csv`` among its tables.
 
 Command line, from the kit's folder::
 
-    python -m atlas_ramp.evaluate --submission starting_kit \\
+    atlas-ramp evaluate --submission starting_kit \\
         --data data/generalizability --output reports/generalizability
 
 On ``data/test`` it gives the test row of ``ramp-test --retrain``'s "Retrain
@@ -38,19 +38,19 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from .bids import DataError
-from .breakdown import SCORE_NAMES, WorstCase, score_subjects
-from .export import load_trained_model
-from .grids import check_same_grid
-from .report import write_per_subject_csv, write_report
-from .volumes import ImageSequence, load_mask, load_masks
-from .workflow import (
+from ..bids import DataError
+from ..grids import check_same_grid
+from ..volumes import ImageSequence, load_mask, load_masks
+from ..workflow import (
     PREDICT_BATCH_SIZE,
     LesionSegmentation,
     SubmissionError,
     TrainedSubmission,
     predict_sparse,
 )
+from .breakdown import SCORE_NAMES, WorstCase, score_subjects
+from .export import load_trained_model
+from .report import write_per_subject_csv, write_report
 
 #: What ``ramp-test --retrain --pickle`` saves: the model trained on all of train.
 RETRAINED_MODEL = Path("training_output") / "retrained_model.pkl"
@@ -68,7 +68,7 @@ class Evaluation:
     scores : dict of str -> float
         The four challenge scores (means over subjects).
     table : pandas DataFrame
-        One row per subject (:func:`atlas_ramp.breakdown.subject_row`).
+        One row per subject (:func:`atlas_ramp.results.breakdown.subject_row`).
     model : str
         Where the model came from (trained, or which saved file).
     per_subject_csv : Path
@@ -215,7 +215,7 @@ def evaluate(
             f"{folder} has no lesion masks (unlabelled subjects), so it cannot be "
             "scored. Give a labelled folder (*_label-L_desc-T1lesion_mask.nii.gz "
             "beside each T1w), or write the predictions with `python -m "
-            "atlas_ramp.export`."
+            "atlas_ramp.results.export`."
         )
     X_train = ImageSequence.from_folder(train_dir)
     check_same_grid(
@@ -255,7 +255,7 @@ def evaluate(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m atlas_ramp.evaluate --submission NAME --data DIR``."""
+    """Command line: ``atlas-ramp evaluate --submission NAME --data DIR``."""
     parser = argparse.ArgumentParser(
         prog="atlas-ramp evaluate",
         description="Train a submission on the training data and score it on any "
@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
     except (DataError, SubmissionError, FileNotFoundError) as error:
-        raise SystemExit(f"evaluate: error: {error}") from None
+        raise SystemExit(f"atlas-ramp evaluate: error: {error}") from None
     print(
         f"{result.submission} on {result.folder} ({len(result.table)} subjects), "
         f"model {result.model}:"

@@ -11,11 +11,11 @@ ramp-board knows an event by folders beside its database configuration
 One command writes all of them and then runs ramp-board's own deployment
 (``ramp setup deploy-event --no-cloning``)::
 
-    python -m atlas_ramp.server deploy --deployment-dir /srv/ramp \\
+    atlas-ramp server deploy --deployment-dir /srv/ramp \\
         --event atlas_stroke_course --title "Stroke lesions, course 2026" \\
         --private-data /srv/course/private --worker-env /srv/atlas-worker
 
-``--private-data`` is the private side of ``python -m atlas_ramp.instructor``
+``--private-data`` is the private side of ``atlas-ramp instructor``
 (its ``train`` trains the submissions, its ``test`` ranks them); ``--synthetic
 N_TRAIN N_TEST`` builds a synthetic sample instead, for a demo course.
 
@@ -24,7 +24,7 @@ and **no data**: ``deploy-event`` zips that folder and ramp-frontend serves the
 zip without login, so any NIfTI file in it would give ATLAS data to people who
 never signed the data use agreement. The command refuses to deploy a kit folder
 holding one, and checks the zip after deployment. What the kit folder and the
-data folder hold, and these checks, are in :mod:`atlas_ramp.event_kit`; this
+data folder hold, and these checks, are in :mod:`atlas_ramp.course.event_kit`; this
 module deploys them on ramp-board.
 
 Every check (event name, database, data) runs before anything is written; new
@@ -33,8 +33,8 @@ data and event folders are kept as they are, and an event already in the
 database is left alone, so running the command again never damages a
 deployment.
 
-Submissions are trained by ``python -m atlas_ramp.server dispatch`` (see
-:mod:`atlas_ramp.ramp_worker`), or by ramp-engine's own ``ramp launch
+Submissions are trained by ``atlas-ramp server dispatch`` (see
+:mod:`atlas_ramp.course.ramp_worker`), or by ramp-engine's own ``ramp launch
 dispatcher`` with its ``conda`` worker where conda is installed.
 
 This module imports ramp-board only inside the functions that need it: it runs
@@ -48,7 +48,7 @@ import os
 import sys
 from pathlib import Path
 
-from .bids import DataError
+from ..bids import DataError
 from .event_kit import (
     PROBLEM_NAME,
     DeployError,
@@ -135,7 +135,7 @@ def event_config_text(
         },
         "worker": {
             # ramp-engine's own worker (`ramp launch dispatcher`) uses conda_env;
-            # `python -m atlas_ramp.server dispatch` uses python_env, no conda.
+            # `atlas-ramp server dispatch` uses python_env, no conda.
             "worker_type": "conda",
             "conda_env": "atlas-stroke",
             "timeout": 7200,
@@ -242,7 +242,7 @@ def deploy(
     elif private_data is None and synthetic is None:
         raise DeployError(
             f"{data_dir} does not exist: pass --private-data (the private folder of "
-            "`python -m atlas_ramp.instructor`) or --synthetic N_TRAIN N_TEST."
+            "`atlas-ramp instructor`) or --synthetic N_TRAIN N_TEST."
         )
     elif private_data is not None:
         private_data = Path(private_data).resolve()
@@ -315,7 +315,7 @@ def _set_min_duration(database: dict, event: str, seconds: int) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m atlas_ramp.server",
+        prog="atlas-ramp server",
         description="Run the ATLAS kit as a course on a RAMP server (ramp-board).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--private-data",
         type=Path,
-        help="labelled train/ and test/: the private folder of atlas_ramp.instructor",
+        help="labelled train/ and test/: the private folder of atlas-ramp instructor",
     )
     source.add_argument(
         "--synthetic",
@@ -441,11 +441,11 @@ def main(argv: list[str] | None = None) -> int:
                 sandbox=args.sandbox,
             )
     except (DeployError, DataError, OSError) as error:
-        print(f"atlas_ramp.server: error: {error}", file=sys.stderr)
+        print(f"atlas-ramp server: error: {error}", file=sys.stderr)
         return 1
     except ImportError as error:
         print(
-            f"atlas_ramp.server: error: {error}. Run this command in the server's "
+            f"atlas-ramp server: error: {error}. Run this command in the server's "
             "environment: python -m pip install -r requirements-server.txt .",
             file=sys.stderr,
         )
@@ -456,6 +456,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # Run the importable module's main, not this file's second copy of it
     # (`python -m` runs the file as __main__), so that one copy of its names is used.
-    from atlas_ramp.server import main as _main
+    from atlas_ramp.course.server import main as _main
 
     raise SystemExit(_main())

@@ -14,7 +14,7 @@ no network (a private loopback only). ``ATLAS_RAMP_UNLABELLED_TEST=1`` makes
 ``problem.py`` read the test split without masks: ``ramp-test`` prints NaN test
 scores and saves the test predictions.
 
-Outside the sandbox, trusted kit code (:mod:`atlas_ramp.trusted_scoring`)
+Outside the sandbox, trusted kit code (:mod:`atlas_ramp.course.trusted_scoring`)
 scores the saved predictions against the private masks and writes every score
 file ramp-board reads; what the submission wrote there is replaced.
 
@@ -23,8 +23,8 @@ cache's entries (keyed by path, size and time) stay valid there.
 
 One entry point, :func:`run_sandboxed_submission`, runs a submission on this
 host, sandboxed, and scores it; ramp-engine's local worker
-(:class:`atlas_ramp.ramp_worker.VirtualenvWorker`) runs it as
-``python -m atlas_ramp.sandbox ...``.
+(:class:`atlas_ramp.course.ramp_worker.VirtualenvWorker`) runs it as
+``python -m atlas_ramp.course.sandbox ...``.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from ._io import link_or_copy, staging_folder
-from .bids import find_subjects
-from .testmode import QUICK_TEST_VARIABLE, UNLABELLED_TEST_VARIABLE
+from .._io import link_or_copy, staging_folder
+from ..bids import find_subjects
+from ..testmode import QUICK_TEST_VARIABLE, UNLABELLED_TEST_VARIABLE
 
 #: Where the kit and the submissions are, inside the sandbox.
 SANDBOX_KIT = "/ramp/kit"
@@ -127,7 +127,7 @@ def probe_environment(python_env: Path | str) -> dict:
 
 def _cache_entries(cache_dir: Path, image: Path) -> list[Path]:
     """The volume cache's files of one image, when they are fresh."""
-    from .volumes import _cache_stem, _source_signature
+    from ..volumes import _cache_stem, _source_signature
 
     stem = _cache_stem(cache_dir, image)
     meta, array = stem.with_suffix(".json"), stem.with_suffix(".npy")
@@ -146,8 +146,8 @@ def warm_volume_cache(data_dir: Path | str) -> None:
     submission of a course pays the decoding, later ones find it done.
     A file that cannot be read is left for ``ramp-test`` to report.
     """
-    from .bids import DataError
-    from .volumes import ImageSequence, load_masks
+    from ..bids import DataError
+    from ..volumes import ImageSequence, load_masks
 
     for split in ("train", "test"):
         try:
@@ -175,7 +175,7 @@ def stage_test_images(data_dir: Path | str, stage: Path | str) -> tuple[Path, Pa
     """
     import pandas as pd
 
-    from .volumes import default_cache_dir
+    from ..volumes import default_cache_dir
 
     source = Path(data_dir) / "data" / "test"
     test, cache = Path(stage) / "test", Path(stage) / "test-cache"
@@ -312,9 +312,10 @@ def remove_links(folder: Path | str, log) -> None:
 
 
 def score_outside(python_env, kit_dir, data_dir, produced: Path, log_file) -> int:
-    """Run :mod:`atlas_ramp.trusted_scoring` on ``produced``; its exit code."""
+    """Run :mod:`atlas_ramp.course.trusted_scoring` on ``produced``; its exit code."""
     command = [
-        str(Path(python_env) / "bin" / "python"), "-m", "atlas_ramp.trusted_scoring",
+        str(Path(python_env) / "bin" / "python"),
+        "-m", "atlas_ramp.course.trusted_scoring",
         "--kit-dir", str(kit_dir), "--data-dir", str(data_dir),
         "--training-output", str(produced),
     ]  # fmt: skip
@@ -422,9 +423,9 @@ def run_sandboxed_submission(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m atlas_ramp.sandbox``: :func:`run_sandboxed_submission`."""
+    """``python -m atlas_ramp.course.sandbox``: :func:`run_sandboxed_submission`."""
     parser = argparse.ArgumentParser(
-        prog="python -m atlas_ramp.sandbox",
+        prog="python -m atlas_ramp.course.sandbox",
         description="Train a submission sandboxed, then score it outside.",
     )
     for option in ("kit-dir", "data-dir", "submission-dir", "python-env"):
@@ -439,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
             args.output_dir, args.log, args.timeout,
         )  # fmt: skip
     except SandboxUnavailable as error:
-        print(f"atlas_ramp.sandbox: error: {error}", file=sys.stderr)
+        print(f"atlas_ramp.course.sandbox: error: {error}", file=sys.stderr)
         return 1
 
 

@@ -24,12 +24,12 @@ ramp-board knows an event by two folders: the kit, ``<ramp-kits>/<problem>``
 ``ramp setup deploy-event`` zips the kit folder and ramp-frontend serves that zip
 **to anyone, without login**: the kit folder must hold no data at all, neither
 the private nor the public one. So write the two folders outside the deployment,
-then let ``python -m atlas_ramp.server deploy --private-data`` place the private
+then let ``atlas-ramp server deploy --private-data`` place the private
 one in ``ramp-data`` (it refuses a kit folder holding any NIfTI file)::
 
-    python -m atlas_ramp.instructor --source data_full \\
+    atlas-ramp instructor --source data_full \\
         --private course/private --public course/public --seed 0
-    python -m atlas_ramp.server deploy --deployment-dir /srv/ramp \\
+    atlas-ramp server deploy --deployment-dir /srv/ramp \\
         --event atlas_stroke_course --title "..." --private-data course/private
 
 The server trains on the private ``train`` and ranks on the private ``test``.
@@ -58,16 +58,16 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._io import (
+from .._io import (
     file_sha256,
     link_or_copy,
     staging_folder,
     swap_into_place,
     write_tsv,
 )
-from .atlas_release import write_split_description, write_split_manifest
-from .bids import DataError, Subject, anat_dir, find_subjects
-from .splits import stratified_holdout
+from ..archive.release import write_split_description, write_split_manifest
+from ..bids import DataError, Subject, anat_dir, find_subjects
+from ..splits import stratified_holdout
 
 PRIVATE_TEST_FRACTION = 0.2
 PUBLIC_FRACTION = 0.5
@@ -249,7 +249,7 @@ def verify_no_leak(private_dir: Path | str, public_dir: Path | str) -> None:
         raise DataError(
             f"{len(leaked)} private test subjects are in the public data {public_dir} "
             f"({', '.join(leaked[:5])}{', ...' if len(leaked) > 5 else ''}). Do not "
-            "publish it: rebuild it with `python -m atlas_ramp.instructor`."
+            "publish it: rebuild it with `atlas-ramp instructor`."
         )
     private_images = {file_sha256(s.t1w_path): s.t1w_path for s in private_test}
     for subject in public:
@@ -258,7 +258,7 @@ def verify_no_leak(private_dir: Path | str, public_dir: Path | str) -> None:
             raise DataError(
                 f"{subject.t1w_path} has the same content as the private test image "
                 f"{twin}. Do not publish {public_dir}: rebuild it with "
-                "`python -m atlas_ramp.instructor`."
+                "`atlas-ramp instructor`."
             )
 
 
@@ -298,7 +298,7 @@ def build_course_data(
     source : path
         Labelled subjects (see :func:`labelled_subjects`).
     private_dir : path
-        The server's data folder (``python -m atlas_ramp.server deploy
+        The server's data folder (``atlas-ramp server deploy
         --private-data`` places it in ``<ramp-data>/<problem>/data``).
     public_dir : path
         The students' data folder, handed out separately under the data use
@@ -386,7 +386,7 @@ def _describe(
     new_private: Path, new_public: Path, split: CourseSplit, seed: int, source: Path
 ) -> None:
     """Write the split manifests and a dataset_description.json per split."""
-    how = f"cohort-stratified, seeded (seed={seed}) by atlas_ramp.instructor"
+    how = f"cohort-stratified, seeded (seed={seed}) by atlas_ramp.course.instructor"
     private_parts = {"train": split.private_train, "test": split.private_test}
     public_parts = {"train": split.public_train, "test": split.public_test}
     for root, kind, parts in (
@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--private",
         type=Path,
         required=True,
-        help="the server's data (then: atlas_ramp.server deploy --private-data)",
+        help="the server's data (then: atlas_ramp.course.server deploy --private-data)",
     )
     parser.add_argument(
         "--public",
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
             link=not args.copy,
         )
     except (DataError, OSError) as error:
-        print(f"atlas_ramp.instructor: error: {error}", file=sys.stderr)
+        print(f"atlas-ramp instructor: error: {error}", file=sys.stderr)
         return 1
     print(
         f"Private data in {args.private}: {len(split.private_train)} train, "

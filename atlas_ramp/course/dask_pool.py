@@ -4,7 +4,7 @@ ramp-engine 0.10.1's ``DaskWorker`` accepts dask workers on one host only,
 decides whether to upload the submission by comparing host names, and sends
 the upload, the run, the log read and the copy of the predictions as separate
 tasks that may land on different workers. :class:`DaskPoolWorker` sends each
-submission as **one** task (:func:`atlas_ramp.worker_host.run_submission_here`):
+submission as **one** task (:func:`atlas_ramp.course.worker_host.run_submission_here`):
 the submission's files go in as bytes, its log and predictions come back as
 bytes, so every step runs on the one worker that picked the task, and the
 workers share no filesystem with the dispatcher. N machines each running
@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ramp_engine.base import BaseWorker, _get_traceback
 
-from ._io import atomic_write_text, staging_folder
+from .._io import atomic_write_text, staging_folder
 from .dispatcher import RAMP_SIDE_EXIT_CODE, ramp_side_message
 from .worker_host import TIMEOUT_EXIT_CODE, read_submission_files, run_submission_here
 
@@ -78,7 +78,8 @@ def close_pool_clients() -> None:
 
 
 def unpack_folder(packed: bytes, destination: Path) -> None:
-    """Extract :func:`~atlas_ramp.worker_host.pack_folder`'s bytes as ``destination``.
+    """Extract the bytes of :func:`~atlas_ramp.course.worker_host.pack_folder`
+    as ``destination``.
 
     The folder is built aside and renamed into place, replacing an old one.
     """
@@ -111,7 +112,7 @@ class DaskPoolWorker(BaseWorker):
     ----------
     run_remotely : callable
         The task run on a worker: same signature and result as
-        :func:`atlas_ramp.worker_host.run_submission_here`.
+        :func:`atlas_ramp.course.worker_host.run_submission_here`.
     """
 
     run_remotely = staticmethod(run_submission_here)
