@@ -254,8 +254,8 @@ def evaluate(
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: ``atlas-ramp evaluate --submission NAME --data DIR``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``atlas-ramp evaluate``."""
     parser = argparse.ArgumentParser(
         prog="atlas-ramp evaluate",
         description="Train a submission on the training data and score it on any "
@@ -284,6 +284,12 @@ def main(argv: list[str] | None = None) -> int:
         "--batch-size", type=int, default=PREDICT_BATCH_SIZE, help="subjects a call"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``atlas-ramp evaluate --submission NAME --data DIR``."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         result = evaluate(

@@ -167,7 +167,8 @@ def score_predicted_masks(prediction_dir: Path | str, truth_dir: Path | str) -> 
     return {score.name: score(truths, predictions) for score in atlas_score_types()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``atlas-ramp export``."""
     parser = argparse.ArgumentParser(
         prog="atlas-ramp export",
         description="Write a submission's predictions as BIDS lesion masks.",
@@ -199,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="a labelled split folder: print the scores of the masks",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.model is not None:

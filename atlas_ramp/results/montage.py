@@ -122,8 +122,8 @@ def render_montage(split_dir, output, max_subjects: int = 12, dpi: int = 110) ->
     return output
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command line: ``atlas-ramp montage SPLIT --output PNG``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``atlas-ramp montage``."""
     parser = argparse.ArgumentParser(
         prog="atlas-ramp montage",
         description="Render three slices through each subject's lesion as a PNG.",
@@ -135,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-subjects", type=int, default=12, help="rows (default: 12)"
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: ``atlas-ramp montage SPLIT --output PNG``."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     path = render_montage(args.split_dir, args.output, args.max_subjects)
     print(f"Montage written to {path}.")

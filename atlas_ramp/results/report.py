@@ -401,8 +401,8 @@ def report_from_saved(
     )
 
 
-def main(argv=None) -> int:
-    """``atlas-ramp report submissions/NAME [submissions/OTHER ...]``."""
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``atlas-ramp report``."""
     parser = argparse.ArgumentParser(
         prog="atlas-ramp report",
         description="Report on the test predictions saved by ramp-test --save-output.",
@@ -422,6 +422,12 @@ def main(argv=None) -> int:
         action="store_true",
         help="the predictions were saved by ramp-test --quick-test",
     )
+    return parser
+
+
+def main(argv=None) -> int:
+    """``atlas-ramp report submissions/NAME [submissions/OTHER ...]``."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         path = report_from_saved(
