@@ -9,6 +9,7 @@ import pytest
 
 from atlas_ramp import cli
 
+
 def test_help_lists_every_command_with_its_line(capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(["--help"])

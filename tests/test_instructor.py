@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from atlas_ramp import instructor
 from atlas_ramp._io import file_sha256
 from atlas_ramp.bids import DataError, find_subjects
+from atlas_ramp.course import instructor
 from atlas_ramp.course.instructor import build_course_data, split_course, verify_no_leak
 
 

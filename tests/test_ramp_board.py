@@ -189,7 +189,7 @@ def test_bad_arguments_write_nothing(server, postgres, small_sample, tmp_path):
     )
     assert no_masks.returncode == 1
     assert "has no lesion mask" in no_masks.stderr
-    assert "atlas_ramp.course.instructor" in no_masks.stderr
+    assert "atlas-ramp instructor --private" in no_masks.stderr
     assert deployed_files(server.deployment) == before
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from atlas_ramp import sandbox
+from atlas_ramp.course import sandbox
 from atlas_ramp.course.trusted_scoring import (
     ForgedOutput,
     _read_time,

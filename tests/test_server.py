@@ -8,8 +8,8 @@ import zipfile
 
 import pytest
 
-from atlas_ramp import event_kit, server
 from atlas_ramp.bids import DataError
+from atlas_ramp.course import event_kit, server
 
 from .helpers import REPO
 
@@ -47,7 +47,7 @@ def test_served_kit_has_code_and_notebook_but_no_data(tmp_path):
         REPO / "starting_kit.ipynb"
     ).read_bytes()
     assert (kit / "submissions" / "starting_kit" / "estimator.py").is_file()
-    assert (kit / "atlas_ramp" / "server.py").is_file()
+    assert (kit / "atlas_ramp" / "course" / "server.py").is_file()
     readme = (kit / "README.md").read_text()  # for students: no data, how to submit
     assert "data use agreement" in readme and "5 to 19 characters" in readme
     assert not (kit / "data").exists()

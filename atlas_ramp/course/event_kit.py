@@ -136,8 +136,8 @@ def check_course_data(data_dir: Path | str) -> dict[str, int]:
         if unlabelled:
             raise DataError(
                 f"{unlabelled[0].t1w_path} has no lesion mask: the server trains and "
-                f"grades on masks. Pass the private folder written by `python -m "
-                f"instructor --private ...` (labelled train/ and test/)."
+                "grades on masks. Pass the private folder written by `atlas-ramp "
+                "instructor --private ...` (labelled train/ and test/)."
             )
         counts[split] = len(subjects)
     return counts

@@ -214,8 +214,8 @@ def evaluate(
         raise DataError(
             f"{folder} has no lesion masks (unlabelled subjects), so it cannot be "
             "scored. Give a labelled folder (*_label-L_desc-T1lesion_mask.nii.gz "
-            "beside each T1w), or write the predictions with `python -m "
-            "atlas_ramp.results.export`."
+            "beside each T1w), or write the predictions with `atlas-ramp "
+            "export`."
         )
     X_train = ImageSequence.from_folder(train_dir)
     check_same_grid(
