@@ -144,7 +144,7 @@ def server(monkeypatch):
     ``server.url`` is the archive's URL; ``server.range_headers`` logs requests.
     """
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setattr(archive.download, "RETRY_BACKOFF_S", 0.0)
+    monkeypatch.setattr(archive.fetch, "RETRY_BACKOFF_S", 0.0)
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _ArchiveHandler)
     httpd.daemon_threads = True
     httpd.payload, httpd.drop_after, httpd.ignore_range = b"", None, False
