@@ -23,7 +23,11 @@ The challenge
     * :mod:`atlas_ramp.predictions`: ramp-workflow ``Predictions`` and their files;
     * :mod:`atlas_ramp.splits`: cohort-aware hold-out and cross-validation;
     * :mod:`atlas_ramp.workflow`: how a submission is trained and run;
-    * :mod:`atlas_ramp.testmode`: whether ``ramp-test --quick-test`` is running.
+    * :mod:`atlas_ramp.testmode`: whether ``ramp-test --quick-test`` is running;
+    * :mod:`atlas_ramp.rules`: small rules the baselines share (head mask,
+      threshold shift, small predicted lesions);
+    * :mod:`atlas_ramp.cnn`: the small CNN's plumbing (a package: preparation,
+      patches, prediction, segmenter); the only module that imports torch.
 
 Looking at results
     * :mod:`atlas_ramp.evaluate`: score a submission on any labelled folder;

@@ -310,13 +310,28 @@ def working_factor(voxel_volume_ml, working_voxel_mm):
     return max(1, round(working_voxel_mm / voxel_mm))
 
 
+def _interpolation_matrix(start, side, n_cells, cell):
+    """Linear interpolation weights, shape (side, n_cells), of working voxels
+    ``start ... start + side - 1`` between coarse cell centres (clamped at the
+    outer centres, as ``map_coordinates(mode="nearest")``)."""
+    position = (np.arange(start, start + side, dtype=np.float64) + 0.5) / cell - 0.5
+    position = np.clip(position, 0, n_cells - 1)
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, n_cells - 1)
+    weight = position - low
+    matrix = np.zeros((side, n_cells))
+    rows = np.arange(side)
+    np.add.at(matrix, (rows, low), 1 - weight)
+    np.add.at(matrix, (rows, high), weight)
+    return matrix
+
+
 def bias_patch(log_bias, corner, sides, cell=BIAS_CELL):
     """The log bias on one patch of the working grid: :func:`bias_on` of its voxels.
 
-    Upsamples only the coarse cells around the patch (one cell of margin, so
-    that the trilinear weights at the patch's edges see the same neighbours as
-    on the whole grid): a hundred times cheaper than ``map_coordinates`` on a
-    16-voxel patch.
+    Trilinear interpolation is separable: one small weight matrix per axis,
+    applied to the coarse grid, instead of ``map_coordinates`` on every voxel
+    (several times cheaper on a 16-voxel patch).
 
     Parameters
     ----------
@@ -333,23 +348,22 @@ def bias_patch(log_bias, corner, sides, cell=BIAS_CELL):
     -------
     ndarray of float32, shape ``sides``
     """
-    low = [max(c // cell - 1, 0) for c in corner]
+    # Only the cells around the patch carry weight.
+    low = [max(int(c) // cell - 1, 0) for c in corner]
     high = [
-        min((c + s - 1) // cell + 2, n)
+        min((int(c) + int(s) - 1) // cell + 2, n)
         for c, s, n in zip(corner, sides, log_bias.shape, strict=True)
     ]
-    block = log_bias[tuple(slice(a, b) for a, b in zip(low, high, strict=True))]
-    fine = F.interpolate(
-        torch.from_numpy(np.ascontiguousarray(block, np.float32))[None, None],
-        scale_factor=cell,
-        mode="trilinear",
-        align_corners=False,
-    )[0, 0].numpy()
-    # The block's edges clamp like the whole grid's only where they are the
-    # grid's edges; elsewhere the margin cell keeps the weights exact.
-    start = [c - a * cell for c, a in zip(corner, low, strict=True)]
-    window = tuple(slice(s, s + n) for s, n in zip(start, sides, strict=True))
-    return fine[window]
+    result = log_bias[tuple(slice(a, b) for a, b in zip(low, high, strict=True))]
+    for axis, (start, side) in enumerate(zip(corner, sides, strict=True)):
+        matrix = _interpolation_matrix(
+            int(start), int(side), log_bias.shape[axis], cell
+        )
+        columns = matrix[:, low[axis] : high[axis]].astype(np.float32)
+        # Contract this axis; the new axis goes last, so after three the
+        # axes are back in order.
+        result = np.tensordot(result, columns, axes=([0], [1]))
+    return result.astype(np.float32)
 
 
 def cut_window(volume, corner, sides):

@@ -368,7 +368,8 @@ class SmallUNet(PatchSegmenter):
         bf16 = on_cuda and self.bf16_autocast
         print(f"small_cnn: training on {device}, {workers} data workers", flush=True)
         network.train()
-        self.losses_, self.data_wait_s_ = [], 0.0
+        self.data_workers_, self.data_wait_s_ = workers, 0.0
+        self.losses_, self.epoch_seconds_ = [], []
         for epoch in range(self.epochs):
             start, losses = time.perf_counter(), []
             for _ in range(steps_per_epoch):
@@ -386,9 +387,10 @@ class SmallUNet(PatchSegmenter):
                 schedule.step()
                 losses.append(loss.item())
             self.losses_.append(float(np.mean(losses)))
+            self.epoch_seconds_.append(time.perf_counter() - start)
             print(
                 f"small_cnn: epoch {epoch + 1:2d}/{self.epochs}  loss "
-                f"{self.losses_[-1]:.3f}  {time.perf_counter() - start:.1f} s",
+                f"{self.losses_[-1]:.3f}  {self.epoch_seconds_[-1]:.1f} s",
                 flush=True,
             )
         self.keep_trained(network, X, y, device)  # and tune the threshold
