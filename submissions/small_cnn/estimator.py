@@ -298,10 +298,12 @@ class SmallUNet(PatchSegmenter):
         subject = rng.integers(len(subjects))
         centre = subjects.random_centre(subject, rng, self.lesion_patch_fraction)
         jitter = rng.integers(-size // 4, size // 4 + 1, 3)  # lesion off-centre
-        corner = [
-            int(np.clip(c - size // 2 + j, 0, max(side - size, 0)))
-            for c, j, side in zip(centre, jitter, subjects.shape, strict=True)
-        ]
+        corner = np.array(
+            [
+                int(np.clip(c - size // 2 + j, 0, max(side - size, 0)))
+                for c, j, side in zip(centre, jitter, subjects.shape, strict=True)
+            ]
+        )
         image = subjects.image_patch(subject, corner, size, self.mirror_channel)
         target = subjects.target_patch(subject, corner, image.shape[1:])
         if self.lesion_fade and rng.random() < 0.5:
@@ -319,14 +321,12 @@ class SmallUNet(PatchSegmenter):
         shift = self.misregistration_voxels
         channels = [image[:1]]
         if self.mirror_channel:
-            offsets = rng.integers(-shift, shift + 1, 3) if shift else (0, 0, 0)
+            offsets = rng.integers(-shift, shift + 1, 3)
             channels.append(shift_without_wrap(image[1:], offsets))
         if self.template_channel:
-            offsets = rng.integers(-shift, shift + 1, 3) if shift else np.zeros(3, int)
-            template = cut_window(
-                self.template_, np.subtract(corner, offsets), image.shape[1:]
-            )
-            channels.append(template[None])
+            offsets = rng.integers(-shift, shift + 1, 3)
+            window = cut_window(self.template_, corner - offsets, image.shape[1:])
+            channels.append(window[None])
         patch = pad_to_at_least(np.concatenate(channels).astype(np.float32), size)
         target = pad_to_at_least(target, size, "constant")
         if rng.random() < AUGMENTATION["flip"]["p"]:
@@ -393,6 +393,7 @@ class SmallUNet(PatchSegmenter):
                 f"{self.losses_[-1]:.3f}  {self.epoch_seconds_[-1]:.1f} s",
                 flush=True,
             )
+        del batches  # stops the worker processes
         self.keep_trained(network, X, y, device)  # and tune the threshold
         return self
 
