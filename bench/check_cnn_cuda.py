@@ -3,7 +3,7 @@
 Run from the repository root, offline (under 8 minutes on one H200 is the aim)::
 
     python bench/check_cnn_cuda.py                # the check
-    python bench/check_cnn_cuda.py --epochs 1     # a short dry run (any machine)
+    python bench/check_cnn_cuda.py --dry-run      # a tiny run of the same code (CPU)
 
 It builds the default synthetic sample (1 mm; ``python download_data.py``) into
 ``data/`` when ``data/train`` is missing, fits ``submissions/small_cnn`` with
@@ -51,6 +51,11 @@ def parse_arguments():
     parser.add_argument("--batch-size", type=int, help="CUDA batch size override")
     parser.add_argument("--no-bf16", action="store_true", help="float32 on CUDA")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="1 epoch of 16 patches on 4 subjects, 2 scored per folder",
+    )
     return parser.parse_args()
 
 
@@ -66,9 +71,10 @@ def ensure_sample(data):
     print(f"built the default sample in {time.perf_counter() - start:.0f} s")
 
 
-def scores(estimator, data, split):
+def scores(estimator, data, split, limit=None):
     """Mean Dice and lesion F1 of ``estimator`` on ``data/split``; seconds a subject."""
     X, y = load_split(data, split)
+    X, y = X[:limit], y[:limit]
     dices, f1s = [], []
     start = time.perf_counter()
     for first in range(0, len(X), 4):
@@ -98,8 +104,12 @@ def main():
         settings["cuda_batch_size"] = arguments.batch_size
     if arguments.no_bf16:
         settings["bf16_autocast"] = False
-    estimator = module.SmallUNet(**settings)
     X, y = load_split(arguments.data, "train")
+    limit = None
+    if arguments.dry_run:
+        settings.update(epochs=1, patches_per_epoch=16, n_calibration_subjects=1)
+        X, y, limit = X[:4], y[:4], 2
+    estimator = module.SmallUNet(**settings)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -118,7 +128,9 @@ def main():
         f"{100 * estimator.data_wait_s_ / loop_seconds:.0f}% of the training loop"
     )
     for split in ("test", "generalizability"):
-        mean_dice, mean_f1, seconds, count = scores(estimator, arguments.data, split)
+        mean_dice, mean_f1, seconds, count = scores(
+            estimator, arguments.data, split, limit
+        )
         print(
             f"data/{split}: Dice {mean_dice:.3f}, lesion F1 {mean_f1:.3f} "
             f"({count} subjects, {seconds:.1f} s a subject to predict)"

@@ -288,6 +288,7 @@ class SmallUNet(PatchSegmenter):
         seed=0,
         device=None,
     ):
+        # Store every parameter as it is, as scikit-learn estimators do.
         for name, value in locals().items():
             if name != "self":
                 setattr(self, name, value)
