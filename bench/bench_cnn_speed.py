@@ -114,7 +114,7 @@ def part_costs(subjects, repeats, n=200):
     return {
         name: 1e3 * median_time(function, repeats) / n
         for name, function in (
-            ("bias_patch (upsampled cells)", new_bias),
+            ("bias_patch (separable interpolation)", new_bias),
             ("bias_on (map_coordinates, before)", plain_bias),
             ("cached volume read, paths resolved once", read_cached),
             ("cached volume read, resolved every read (before)", read_resolving),

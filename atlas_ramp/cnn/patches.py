@@ -36,11 +36,30 @@ __all__ = [
 
 def is_memory_mapped(array):
     """Whether ``array`` is a view of a memory-mapped file (cheap to re-read)."""
+    return mapped_file(array) is not None
+
+
+def mapped_file(array):
+    """How to map ``array`` again: ``np.memmap`` arguments, or None if not mapped.
+
+    Only for a whole mapped array (not a slice of one): its file name,
+    offset, dtype, shape and order.
+    """
     while array is not None:
         if isinstance(array, np.memmap):
-            return True
+            if array.filename is None:
+                return None
+            order = "F" if array.flags.f_contiguous and array.ndim > 1 else "C"
+            return dict(
+                filename=array.filename,
+                dtype=array.dtype,
+                mode="r",
+                offset=array.offset,
+                shape=array.shape,
+                order=order,
+            )
         array = getattr(array, "base", None)
-    return False
+    return None
 
 
 def lesion_indices(y, i):
@@ -137,8 +156,15 @@ class TrainingSubjects:
                 flush=True,
             )
             self.stored_images = []
+        # Each volume's file, mapped again for each patch: cheaper than
+        # X[i], which checks the cache entry against its source every time.
+        self.mapped_files = []
         for i in range(len(X)):
             volume = X[i]
+            file = mapped_file(volume)
+            if file is not None and file["shape"] != volume.shape:
+                file = None  # a view of part of a file: read through X
+            self.mapped_files.append(file)
             image, head, statistics, log_bias = z_scored_channels(
                 volume, factor, self.stored_images is not None, correct_bias
             )
@@ -192,7 +218,8 @@ class TrainingSubjects:
             image = self.stored_images[subject][(slice(None), *window)]
             return image[: 1 + mirror_channel].astype(np.float32)
         f = self.factor
-        volume = self.X[subject]
+        file = self.mapped_files[subject]
+        volume = np.memmap(**file) if file else self.X[subject]
         window_1mm = tuple(slice(c * f, (c + size) * f) for c in corner)
         # Blocks start at multiples of f: the same pooling as the whole volume.
         image = downsample(volume[window_1mm], f)
