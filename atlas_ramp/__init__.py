@@ -17,7 +17,9 @@ The challenge (top level)
     * :mod:`atlas_ramp.splits`: cohort-aware hold-out and cross-validation;
     * :mod:`atlas_ramp.workflow`: how a submission is trained and run;
     * :mod:`atlas_ramp.testmode`: whether ``ramp-test --quick-test`` is running,
-      and whether the test split is read unlabelled (in the sandbox).
+      and whether the test split is read unlabelled (in the sandbox);
+    * :mod:`atlas_ramp.rules`: small rules the baselines share (head mask,
+      threshold shift, small predicted lesions).
 
 Making data (``synthetic/``, ``archive/``)
     * :mod:`atlas_ramp.synthetic`: the synthetic ATLAS-like sample (anatomy,
@@ -30,6 +32,11 @@ Making data (``synthetic/``, ``archive/``)
 Looking at results (``results/``)
     * :mod:`atlas_ramp.results`: evaluate on any labelled folder, per-subject
       breakdown, HTML report, figures, montage, BIDS export.
+
+The small CNN (``cnn/``)
+    * :mod:`atlas_ramp.cnn`: the small CNN baseline's plumbing (preparation,
+      patches, prediction, segmenter); the only part of the kit that imports
+      torch.
 
 On a RAMP server (``course/``)
     * :mod:`atlas_ramp.course`: the instructor's private and public data, the

@@ -20,6 +20,8 @@ torch = pytest.importorskip("torch")
 
 from rampwf.utils.importing import import_module_from_source  # noqa: E402
 
+from atlas_ramp import cnn  # noqa: E402
+from atlas_ramp.rules import shift_probability  # noqa: E402
 from atlas_ramp.volumes import MaskSequence, load_split  # noqa: E402
 
 from .helpers import bagged_test_dice, quick_test  # noqa: E402
@@ -195,11 +197,10 @@ def test_memory_held_per_subject_is_small(small_sample):
 # --- Helpers: template, padding, sliding windows, loss ----------------------------
 def test_template_lines_up_with_the_images(small_split):
     """The MNI template on the data grid looks like the (registered) subjects."""
-    module = estimator_module()
     X_train = small_split[0]
-    template = module.template_on_grid(X_train.affine, X_train.volume_shape, 1)
+    template = cnn.template_on_grid(X_train.affine, X_train.volume_shape, 1)
     assert template.shape == X_train.volume_shape
-    image, head = module.prepare(X_train[0], 1, template)
+    image, head = cnn.prepare(X_train[0], 1, template)
     assert image.shape == (3, *X_train.volume_shape)  # image, mirror, template
     correlation = np.corrcoef(image[0][head], image[2][head])[0, 1]
     # Flipped or shifted, the template would barely correlate with the image.
@@ -209,9 +210,8 @@ def test_template_lines_up_with_the_images(small_split):
 
 
 def test_pad_to_at_least_pads_each_axis_at_its_end():
-    module = estimator_module()
     volume = np.ones((2, 5, 9, 3), np.float32)
-    padded = module.pad_to_at_least(volume, [8, 8, 8], mode="constant")
+    padded = cnn.pad_to_at_least(volume, [8, 8, 8], mode="constant")
     assert padded.shape == (2, 8, 9, 8)
     np.testing.assert_array_equal(padded[:, :5, :, :3], volume)
     assert padded[:, 5:].sum() == 0 and padded[..., 3:].sum() == 0
@@ -232,7 +232,7 @@ def test_sliding_window_covers_the_head_only(window_size):
     network = module.UNet3D(in_channels=3, base_channels=4).eval()
     image, head = random_image_and_head()
 
-    probability = module.predict_probability(
+    probability = cnn.predict_probability(
         network, image, head, torch.device("cpu"), window_size=window_size
     ).numpy()
 
@@ -251,10 +251,10 @@ def test_windowed_prediction_equals_one_pass():
     """
     module = estimator_module()
     image, head = random_image_and_head()
-    box = module.head_box(head, margin=4)
+    box = cnn.head_box(head, margin=4)
     sides = tuple(part.stop - part.start for part in box)
     # Padded at the end to multiples of 8, as the network needs.
-    crop = module.pad_to_at_least(
+    crop = cnn.pad_to_at_least(
         image[(slice(None), *box)], [-(-side // 8) * 8 for side in sides]
     )
     torch.manual_seed(0)
@@ -264,7 +264,7 @@ def test_windowed_prediction_equals_one_pass():
         with torch.no_grad():
             one_pass = torch.sigmoid(network(torch.from_numpy(crop)[None]))[0, 0]
         one_pass = one_pass[: sides[0], : sides[1], : sides[2]].numpy()
-        windowed = module.predict_probability(
+        windowed = cnn.predict_probability(
             network, image, head, torch.device("cpu"), window_size=window, overlap=0.5
         ).numpy()[box]
         inside = head[box]  # outside the head both are 0 by design
@@ -295,37 +295,34 @@ def test_dice_ce_loss_is_soft_dice_plus_cross_entropy():
 
 
 def test_shift_probability_moves_the_threshold_to_one_half():
-    module = estimator_module()
-    probability = torch.tensor([0.0, 0.05, 0.149, 0.15, 0.151, 0.5, 0.9, 1.0])
-    shifted = module.shift_probability(probability, 0.15)
-    assert torch.isclose(shifted[3], torch.tensor(0.5))
+    probability = np.array([0.0, 0.05, 0.149, 0.15, 0.151, 0.5, 0.9, 1.0], np.float32)
+    shifted = shift_probability(probability, 0.15)
+    assert np.isclose(shifted[3], 0.5)
     assert (shifted[:3] < 0.5).all() and (shifted[4:] > 0.5).all()
-    assert (torch.diff(shifted) > 0).all()  # the order of the voxels is kept
+    assert (np.diff(shifted) > 0).all()  # the order of the voxels is kept
     assert shifted.min() >= 0 and shifted.max() <= 1
 
 
 def test_weaken_unsure_lesions_halves_faint_blobs_only():
-    module = estimator_module()
     probability = np.zeros((10, 10, 10), np.float32)
     probability[1:3, 1:3, 1:3] = 0.6  # faint: never above 0.8
     probability[6:9, 6:9, 6:9] = 0.7
     probability[7, 7, 7] = 0.95  # one sure voxel makes the blob sure
-    result = module.weaken_unsure_lesions(probability.copy(), min_peak=0.8)
+    result = cnn.weaken_unsure_lesions(probability.copy(), min_peak=0.8)
     np.testing.assert_allclose(result[1:3, 1:3, 1:3], 0.3)
     np.testing.assert_array_equal(result[6:9, 6:9, 6:9], probability[6:9, 6:9, 6:9])
-    unchanged = module.weaken_unsure_lesions(probability.copy(), min_peak=0.5)
+    unchanged = cnn.weaken_unsure_lesions(probability.copy(), min_peak=0.5)
     np.testing.assert_array_equal(unchanged, probability)
 
 
 def test_fade_lesions_moves_lesion_voxels_towards_their_ring_only():
-    module = estimator_module()
     rng = np.random.default_rng(0)
     image = rng.normal(1.0, 0.1, (1, 20, 20, 20)).astype(np.float32)  # tissue
     target = np.zeros((20, 20, 20), np.float32)
     target[8:12, 8:12, 8:12] = 1.0
     image[0][target > 0] = -2.0  # a dark lesion
     for seed in range(10):
-        faded = module.fade_lesions(image, target, 0.8, np.random.default_rng(seed))
+        faded = cnn.fade_lesions(image, target, 0.8, np.random.default_rng(seed))
         lesion = faded[0][target > 0]
         # Fainter, at most 80% of the way to the tissue level (about 1).
         assert (lesion >= -2.0).all() and (lesion <= -2.0 + 0.8 * 3.1).all()
@@ -335,7 +332,7 @@ def test_fade_lesions_moves_lesion_voxels_towards_their_ring_only():
         np.testing.assert_array_equal(faded[0][far], image[0][far])
     np.testing.assert_array_equal(image[0][target > 0], -2.0)  # input untouched
     no_lesion = np.zeros_like(target)
-    same = module.fade_lesions(image, no_lesion, 0.8, np.random.default_rng(3))
+    same = cnn.fade_lesions(image, no_lesion, 0.8, np.random.default_rng(3))
     np.testing.assert_array_equal(same, image)
 
 
@@ -359,7 +356,7 @@ def test_budgets_and_quick_mode(monkeypatch):
 
 def test_threshold_is_tuned_on_training_subjects(fitted):
     estimator, _ = fitted
-    assert estimator.threshold_ in estimator_module().THRESHOLDS
+    assert estimator.threshold_ in cnn.THRESHOLDS
 
 
 def test_predicting_on_another_grid_says_so(fitted):
@@ -385,7 +382,6 @@ def smooth_brain(shape=(40, 48, 36)):
 
 def test_white_matter_bias_removes_a_smooth_field():
     """A 30% smooth bias on the white matter shrinks to a few percent."""
-    module = estimator_module()
     brain, grid, middle = smooth_brain()
     lesion = (
         np.sqrt(
@@ -398,10 +394,8 @@ def test_white_matter_bias_removes_a_smooth_field():
     bias = np.exp(0.3 * x + 0.2 * np.sin(2 * y) - 0.15 * z * x)
     biased = brain * bias
     head = biased > 0
-    log_bias = module.white_matter_bias(biased, head, cell=2, sigma_cells=1.5)
-    corrected = biased / np.exp(
-        module.bias_on(log_bias, np.indices(brain.shape), cell=2)
-    )
+    log_bias = cnn.white_matter_bias(biased, head, cell=2, sigma_cells=1.5)
+    corrected = biased / np.exp(cnn.bias_on(log_bias, np.indices(brain.shape), cell=2))
     white = (brain == 1.0) & ~lesion
     spread = lambda image: np.std(np.log(image[white]))  # noqa: E731
     assert spread(biased) > 0.12
@@ -414,12 +408,11 @@ def test_white_matter_bias_removes_a_smooth_field():
 def test_mirror_channel_is_the_corrected_image_mirrored(factor):
     """With the bias of the mirrored side, the mirror channel of a grid with
     even sides is exactly the (corrected) image channel flipped left-right."""
-    module = estimator_module()
     brain, grid, middle = smooth_brain((40, 48, 36))
     volume = brain * np.exp(0.4 * (grid[0] - middle[0]) / middle[0]) + 0.01
-    image, _ = module.prepare(volume, factor)
+    image, _ = cnn.prepare(volume, factor)
     np.testing.assert_allclose(image[1], image[0][::-1], atol=1e-4)
-    uncorrected, _ = module.prepare(volume, factor, correct_bias=False)
+    uncorrected, _ = cnn.prepare(volume, factor, correct_bias=False)
     # Without correction the image is brighter on one side than its mirror.
     assert np.abs(uncorrected[1] - uncorrected[0][::-1]).max() < 1e-4
     assert (
@@ -430,19 +423,18 @@ def test_mirror_channel_is_the_corrected_image_mirrored(factor):
 
 def test_training_patches_equal_the_whole_volume_preparation(small_split):
     """A patch cut from the mapped volume is the same crop of ``prepare``."""
-    module = estimator_module()
     X_train, y_train, _ = small_split
-    subjects = module.TrainingSubjects(X_train[:2], y_train[:2], factor=1)
+    subjects = cnn.TrainingSubjects(X_train[:2], y_train[:2], factor=1)
     corner, size = (5, 9, 4), 16
     window = (slice(0, 2), *(slice(c, c + size) for c in corner))
     patch = subjects.image_patch(1, corner, size, mirror_channel=True)
-    z_scored, _ = module.prepare(X_train[1], 1)
+    z_scored, _ = cnn.prepare(X_train[1], 1)
     np.testing.assert_allclose(patch, z_scored[window], atol=1e-5)
     # Standardized with the subject's landmarks, as fit does after augmenting.
-    standard = np.linspace(-3, 2, len(module.LANDMARK_LEVELS))
-    standardized, _ = module.prepare(X_train[1], 1, standard_landmarks=standard)
+    standard = np.linspace(-3, 2, len(cnn.LANDMARK_LEVELS))
+    standardized, _ = cnn.prepare(X_train[1], 1, standard_landmarks=standard)
     np.testing.assert_allclose(
-        module.standardize_histogram(patch, subjects.landmarks[1], standard),
+        cnn.standardize_histogram(patch, subjects.landmarks[1], standard),
         standardized[window],
         atol=1e-4,
     )
@@ -451,7 +443,6 @@ def test_training_patches_equal_the_whole_volume_preparation(small_split):
 def test_histogram_standardization_undoes_another_contrast_curve():
     """One head seen by two scanners (another gamma, scale and offset) looks
     alike after standardization onto the same landmarks; z-scores do not."""
-    module = estimator_module()
     brain, grid, middle = smooth_brain()
     rng = np.random.default_rng(0)
     head = brain > 0
@@ -462,11 +453,9 @@ def test_histogram_standardization_undoes_another_contrast_curve():
         (image - image[head].mean()) / image[head].std()
         for image in (tissue, other_scanner)
     ]
-    standard = module.head_landmarks(z_scored[0], head)
+    standard = cnn.head_landmarks(z_scored[0], head)
     standardized = [
-        module.standardize_histogram(
-            image, module.head_landmarks(image, head), standard
-        )
+        cnn.standardize_histogram(image, cnn.head_landmarks(image, head), standard)
         for image in z_scored
     ]
     before = np.abs(z_scored[0] - z_scored[1])[head].mean()
@@ -474,21 +463,20 @@ def test_histogram_standardization_undoes_another_contrast_curve():
     assert after < 0.25 * before, (before, after)
     # The landmarks themselves land on the standard ones.
     np.testing.assert_allclose(
-        module.head_landmarks(standardized[1], head), standard, atol=0.02
+        cnn.head_landmarks(standardized[1], head), standard, atol=0.02
     )
 
 
 def test_pooled_lesions_equal_dense_pooling_lesion_by_lesion():
-    module = estimator_module()
     from scipy import ndimage
 
     rng = np.random.default_rng(0)
     mask = ndimage.binary_opening(rng.random((23, 18, 15)) < 0.3)
     for factor in (1, 2, 3):
-        voxels, fractions, starts = module.pooled_lesions(
+        voxels, fractions, starts = cnn.pooled_lesions(
             np.flatnonzero(mask), mask.shape, factor
         )
-        dense = module.downsample(mask.astype(np.float32), factor)
+        dense = cnn.downsample(mask.astype(np.float32), factor)
         pooled = np.zeros(dense.size)
         pooled[voxels] = fractions / 255
         np.testing.assert_allclose(pooled, dense.ravel(), atol=0.5 / 255 + 1e-6)
@@ -500,28 +488,26 @@ def test_pooled_lesions_equal_dense_pooling_lesion_by_lesion():
 
 
 def test_patch_centres_find_small_lesions_as_often_as_large_ones():
-    module = estimator_module()
     mask = np.zeros((40, 40, 40), bool)
     mask[2:30, 2:30, 2:30] = True  # 22 mL at 1 mm
     mask[36, 36, 36] = True  # one voxel
     subjects = SimpleNamespace(shape=mask.shape)
     subjects.lesion_voxels, _, subjects.lesion_starts = (
-        [array] for array in module.pooled_lesions(np.flatnonzero(mask), mask.shape, 1)
+        [array] for array in cnn.pooled_lesions(np.flatnonzero(mask), mask.shape, 1)
     )
     rng = np.random.default_rng(0)
     centres = [
-        module.TrainingSubjects.random_centre(subjects, 0, rng, 1.0) for _ in range(400)
+        cnn.TrainingSubjects.random_centre(subjects, 0, rng, 1.0) for _ in range(400)
     ]
     small = sum(tuple(int(c) for c in centre) == (36, 36, 36) for centre in centres)
     assert 150 < small < 250  # about half, not 1 in 22,000
 
 
 def test_bias_on_grid_equals_bias_on_every_voxel():
-    module = estimator_module()
     log_bias = np.random.default_rng(0).normal(size=(5, 7, 4)).astype(np.float32)
     shape = (19, 26, 16)  # not multiples of the cell: the far cells are cut
     np.testing.assert_allclose(
-        module.bias_on_grid(log_bias, shape, cell=4),
-        module.bias_on(log_bias, np.indices(shape), cell=4),
+        cnn.bias_on_grid(log_bias, shape, cell=4),
+        cnn.bias_on(log_bias, np.indices(shape), cell=4),
         atol=1e-5,
     )

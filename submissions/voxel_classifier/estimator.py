@@ -54,6 +54,8 @@ from scipy import ndimage
 from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
+from atlas_ramp.rules import shift_probability, small_components
+
 # --- Features -----------------------------------------------------------------
 # Features are computed on a grid of about this voxel size (mm); data already
 # that coarse (e.g. the 4 mm data of the tests) is used as it is.
@@ -282,22 +284,9 @@ def _sample_voxels(lesion, candidates, rng):
     return np.unique(np.concatenate(chosen))
 
 
-def _shift(proba, threshold):
-    """Shift probabilities (in logit space) so that ``threshold`` becomes 0.5."""
-    proba = np.clip(proba, 1e-6, 1 - 1e-6)
-    logit = np.log(proba / (1 - proba)) - np.log(threshold / (1 - threshold))
-    return (1 / (1 + np.exp(-logit))).astype(np.float32)
-
-
 def _remove_small_components(proba, min_voxels):
     """Zero the probability of predicted lesions smaller than ``min_voxels``."""
-    labels, n = ndimage.label(proba >= 0.5)  # face connectivity, as the scores
-    if n == 0:
-        return proba
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    too_small = sizes < min_voxels
-    too_small[0] = False
-    proba[too_small[labels]] = 0.0
+    proba[small_components(proba >= 0.5, min_voxels)] = 0.0
     return proba
 
 
@@ -376,7 +365,7 @@ class VoxelClassifier:
         with threadpool_limits(N_THREADS, user_api="openmp"):
             for i in range(len(X)):
                 proba = self._working_proba(*_features(X[i], atlas))
-                proba = _shift(proba, self.threshold_)
+                proba = shift_probability(proba, self.threshold_)
                 proba = _remove_small_components(proba, min_voxels)
                 probas[i] = _grow(proba, X.volume_shape, atlas.factor)
         return probas
