@@ -8,7 +8,8 @@ use the data and the challenge; nothing at the top imports them.
 Data on disk (top level)
     * :mod:`atlas_ramp.bids`: ATLAS/BIDS file names and subject discovery;
     * :mod:`atlas_ramp.grids`: one voxel grid per split, in MNI's RAS orientation;
-    * :mod:`atlas_ramp.volumes`: lazy volumes ``X``, sparse masks ``y``, the cache.
+    * :mod:`atlas_ramp.volumes`: lazy volumes ``X``, sparse masks ``y``;
+    * :mod:`atlas_ramp.volume_cache`: the decompressed on-disk cache they read.
 
 The challenge (top level)
     * :mod:`atlas_ramp.masks`: sparse masks and sparse probabilities;

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from rampwf.utils.importing import import_module_from_source  # noqa: E402
 
-from atlas_ramp import cnn, volumes  # noqa: E402
+from atlas_ramp import cnn, volume_cache  # noqa: E402
 from atlas_ramp.machine import available_cpus  # noqa: E402
 from atlas_ramp.volumes import MaskSequence, load_split  # noqa: E402
 
@@ -108,7 +108,7 @@ def part_costs(subjects, repeats, n=200):
 
     def read_resolving():
         for i in range(n):
-            volumes._resolved.cache_clear()
+            volume_cache._resolved.cache_clear()
             subjects.X[i % len(subjects)]
 
     return {

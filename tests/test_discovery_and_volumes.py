@@ -17,10 +17,10 @@ from atlas_ramp.bids import (
     t1w_name,
 )
 from atlas_ramp.grids import check_split
+from atlas_ramp.volume_cache import VolumeCache
 from atlas_ramp.volumes import (
     ImageSequence,
     MaskSequence,
-    VolumeCache,
     load_masks,
     load_split,
     quick_subset,
@@ -224,12 +224,12 @@ def test_cache_hit_and_invalidation(tmp_path, monkeypatch):
     assert len(list(X.cache_dir.glob("*.npy"))) == 1
 
     # A hit does not decode the NIfTI again.
-    import atlas_ramp.volumes as volumes
+    import atlas_ramp.volume_cache as volume_cache
 
     calls = []
-    original = volumes._read_nifti
+    original = volume_cache.read_nifti
     monkeypatch.setattr(
-        volumes, "_read_nifti", lambda *a: calls.append(a) or original(*a)
+        volume_cache, "read_nifti", lambda *a: calls.append(a) or original(*a)
     )
     assert np.array_equal(X[0], first)
     assert calls == []

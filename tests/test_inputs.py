@@ -21,7 +21,7 @@ import pytest
 from rampwf.utils.importing import import_module_from_source
 from sklearn.model_selection import GroupKFold
 
-import atlas_ramp.volumes as volumes
+import atlas_ramp.volume_cache as volume_cache
 from atlas_ramp.bids import DataError, anat_dir, find_subjects, mask_name, t1w_name
 from atlas_ramp.masks import SparseMask
 from atlas_ramp.predictions import object_array
@@ -420,7 +420,7 @@ def test_x_shape_is_that_of_the_array_it_stands_for(tmp_path, monkeypatch):
     folds = list(GroupKFold(3).split(X, groups=X.cohorts))
     assert len(folds) == 3
     reads = []
-    monkeypatch.setattr(volumes, "_read_nifti", lambda *a: reads.append(a))
+    monkeypatch.setattr(volume_cache, "read_nifti", lambda *a: reads.append(a))
     with pytest.raises(TypeError, match=r"would load them all .* X\[i\]"):
         np.asarray(X)
     assert reads == []

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from rampwf.utils.importing import import_module_from_source
 
-import atlas_ramp.volumes as volumes
+import atlas_ramp.volume_cache as volume_cache
 from atlas_ramp import synthetic
 from atlas_ramp.bids import DataError, anat_dir, find_subjects, mask_name, t1w_name
 from atlas_ramp.synthetic.sample import _is_complete
@@ -281,7 +281,7 @@ def test_a_full_disk_warns_once_leaves_nothing_partial_and_reads_on(
     X = ImageSequence.from_folder(tmp_path / "train", cache_dir=cache)
     first = np.array(X[0])  # a good entry, written before the disk filled
     good = sorted(p.name for p in cache.iterdir())
-    monkeypatch.setattr(volumes, "_full_cache_dirs", set())
+    monkeypatch.setattr(volume_cache, "_full_cache_dirs", set())
     calls = []
 
     def write_half_then_fail(stream, array, *args, **kwargs):
@@ -290,9 +290,9 @@ def test_a_full_disk_warns_once_leaves_nothing_partial_and_reads_on(
         no_space()
 
     if failing == "array":
-        monkeypatch.setattr(volumes.np, "save", write_half_then_fail)
+        monkeypatch.setattr(volume_cache.np, "save", write_half_then_fail)
     else:
-        monkeypatch.setattr(volumes, "atomic_write_text", no_space)
+        monkeypatch.setattr(volume_cache, "atomic_write_text", no_space)
     uncached = ImageSequence.from_folder(tmp_path / "train", cache_dir=None)
     with pytest.warns(UserWarning, match="is full") as caught:
         second = np.array(X[1])

@@ -87,4 +87,4 @@ def test_no_module_is_over_the_limit():
 
 def test_the_folders_show_the_groups():
     folders = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()}
-    assert {"synthetic", "archive", "results", "course", "testing"} <= folders
+    assert {"synthetic", "archive", "results", "course", "cnn", "testing"} <= folders

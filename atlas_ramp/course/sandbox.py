@@ -127,7 +127,7 @@ def probe_environment(python_env: Path | str) -> dict:
 
 def _cache_entries(cache_dir: Path, image: Path) -> list[Path]:
     """The volume cache's files of one image, when they are fresh."""
-    from ..volumes import _cache_stem, _source_signature
+    from ..volume_cache import _cache_stem, _source_signature
 
     stem = _cache_stem(cache_dir, image)
     meta, array = stem.with_suffix(".json"), stem.with_suffix(".npy")
@@ -175,7 +175,7 @@ def stage_test_images(data_dir: Path | str, stage: Path | str) -> tuple[Path, Pa
     """
     import pandas as pd
 
-    from ..volumes import default_cache_dir
+    from ..volume_cache import default_cache_dir
 
     source = Path(data_dir) / "data" / "test"
     test, cache = Path(stage) / "test", Path(stage) / "test-cache"
