@@ -2,4 +2,5 @@
 
 from atlas_ramp.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # importing this module (pkgutil's walks) runs nothing
+    raise SystemExit(main())

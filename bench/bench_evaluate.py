@@ -60,7 +60,7 @@ def measure(command: list[str], report: Path) -> int:
 
 
 def timed(kit: Path, arguments: list[str]) -> dict:
-    command = [sys.executable, "-m", "atlas_ramp.results.evaluate", "--no-progress"]
+    command = [sys.executable, "-m", "atlas_ramp", "evaluate", "--no-progress"]
     with tempfile.TemporaryDirectory() as folder:
         report = Path(folder) / "run.json"
         subprocess.run(

@@ -138,7 +138,7 @@ def worker_times(log: Path, event_start: datetime) -> dict:
 def deploy(server, deployment, event, data, env) -> None:
     call(
         [
-            server, "-m", "atlas_ramp.course.server", "deploy", "--deployment-dir",
+            server, "-m", "atlas_ramp", "server", "deploy", "--deployment-dir",
             deployment, "--event", event, "--title", event, "--private-data", data,
             "--worker-env", sys.prefix, "--min-seconds-between-submissions", "0",
         ],
@@ -170,7 +170,7 @@ def run_event(
     started = datetime.now().replace(microsecond=0)
     start = time.perf_counter()
     call(
-        [server, "-m", "atlas_ramp.course.server", "dispatch", "--config", config,
+        [server, "-m", "atlas_ramp", "server", "dispatch", "--config", config,
          "--event-config", deployment / "events" / event / "config.yml",
          "--exit-when-done",
          *(["--dask-scheduler", scheduler, "--n-workers", len(BASELINES)]

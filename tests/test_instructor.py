@@ -158,7 +158,7 @@ def test_an_interruption_changes_nothing(source, tmp_path, monkeypatch):
 
 def test_runs_as_a_module(source, tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "atlas_ramp.course.instructor", "--source", str(source)]
+        [sys.executable, "-m", "atlas_ramp", "instructor", "--source", str(source)]
         + ["--private", str(tmp_path / "p"), "--public", str(tmp_path / "q")]
         + ["--public-fraction", "1"],
         capture_output=True,

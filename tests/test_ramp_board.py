@@ -120,7 +120,7 @@ class Server:
 
     def dispatch(self, *args):
         return self.run(
-            "-m", "atlas_ramp.course.server", "dispatch", "--config", self.config,
+            "-m", "atlas_ramp", "server", "dispatch", "--config", self.config,
             "--event-config", self.event_config, "--exit-when-done", *args,
         )  # fmt: skip
 
@@ -505,7 +505,7 @@ def test_losing_a_worker_fails_only_its_submission(server, hosts, pool, tmp_path
     basename = slow_run["basename"]
     with open(tmp_path / "dispatcher.out", "wb") as output:
         dispatcher = subprocess.Popen(
-            [str(server.python), "-m", "atlas_ramp.course.server", "dispatch",
+            [str(server.python), "-m", "atlas_ramp", "server", "dispatch",
              "--config", str(server.config), "--event-config", str(server.event_config),
              "--dask-scheduler", hosts.address, "--n-workers", "2"],
             cwd=server.deployment, env=server_env(), stdout=output,

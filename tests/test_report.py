@@ -301,7 +301,8 @@ def test_report_from_saved_predictions_matches_ramp_test(small_sample, tmp_path)
         kit,
         sys.executable,
         "-m",
-        "atlas_ramp.results.report",
+        "atlas_ramp",
+        "report",
         "submissions/starting_kit",
     )
     scores = pd.read_csv(kit / "reports/starting_kit/scores.csv", index_col=0)
