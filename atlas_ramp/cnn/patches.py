@@ -6,6 +6,7 @@ prepares them in worker processes.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
 
 import numpy as np
@@ -51,7 +52,8 @@ def mapped_file(array):
                 return None
             order = "F" if array.flags.f_contiguous and array.ndim > 1 else "C"
             return dict(
-                filename=array.filename,
+                # A string: np.memmap resolves a Path's links at every call.
+                filename=os.fspath(array.filename),
                 dtype=array.dtype,
                 mode="r",
                 offset=array.offset,
@@ -143,7 +145,7 @@ class TrainingSubjects:
         self.stored_images = None  # working-resolution copies, when X is not mapped
         self.head_bits, self.head_boxes, self.statistics = [], [], []
         self.lesion_voxels, self.lesion_fractions = [], []
-        self.lesion_starts = []
+        self.lesion_starts, self.lesion_coordinates = [], []
         self.log_biases = []
         # The first read of a volume fills the cache; the second maps it.
         X[0]
@@ -179,6 +181,9 @@ class TrainingSubjects:
                 lesion_indices(y, i), volume.shape, factor
             )
             self.lesion_voxels.append(voxels)
+            # Their (x, y, z) too, so that a patch need not unravel them all.
+            coordinates = np.unravel_index(voxels, self.shape)
+            self.lesion_coordinates.append(np.stack(coordinates).astype(np.int16))
             self.lesion_fractions.append(fractions)
             self.lesion_starts.append(starts)
             if self.stored_images is not None:
@@ -190,7 +195,7 @@ class TrainingSubjects:
     def held_bytes(self):
         """Bytes held per subject (what grows with the training set)."""
         arrays = [*self.head_bits, *self.lesion_voxels, *self.lesion_fractions]
-        arrays += self.log_biases
+        arrays += [*self.lesion_coordinates, *self.log_biases]
         arrays += self.stored_images or []
         return sum(array.nbytes for array in arrays) / len(self.head_bits)
 
@@ -236,9 +241,7 @@ class TrainingSubjects:
     def target_patch(self, subject, corner, sides):
         """Lesion fraction of the patch's voxels, from the sparse lesion voxels."""
         target = np.zeros(sides, np.float32)
-        coordinates = np.stack(
-            np.unravel_index(self.lesion_voxels[subject], self.shape)
-        )
+        coordinates = self.lesion_coordinates[subject]
         offset = coordinates - np.asarray(corner)[:, None]
         inside = np.all((offset >= 0) & (offset < np.asarray(sides)[:, None]), axis=0)
         target[tuple(offset[:, inside])] = self.lesion_fractions[subject][inside] / 255

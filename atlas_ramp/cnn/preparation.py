@@ -7,6 +7,8 @@ chooses which of these steps run (its parameters); this module says how.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -280,16 +282,11 @@ def standardize_histogram(image, landmarks, standard_landmarks):
     """
     mapped = np.interp(image, landmarks, standard_landmarks)
     slopes = np.diff(standard_landmarks) / np.diff(landmarks)
-    mapped = np.where(
-        image < landmarks[0],
-        standard_landmarks[0] + (image - landmarks[0]) * slopes[0],
-        mapped,
-    )
-    mapped = np.where(
-        image > landmarks[-1],
-        standard_landmarks[-1] + (image - landmarks[-1]) * slopes[-1],
-        mapped,
-    )
+    # np.interp holds the end values beyond the outer landmarks: continue the
+    # outer pieces there instead (few voxels, so only they are computed).
+    below, above = image < landmarks[0], image > landmarks[-1]
+    mapped[below] = standard_landmarks[0] + (image[below] - landmarks[0]) * slopes[0]
+    mapped[above] = standard_landmarks[-1] + (image[above] - landmarks[-1]) * slopes[-1]
     return np.clip(mapped, -5.0, 5.0).astype(np.float32)
 
 
@@ -301,6 +298,8 @@ def pad_to_at_least(volume, sizes, mode="edge"):
         (0, max(0, int(size) - side))
         for size, side in zip(sizes, volume.shape[-3:], strict=True)
     ]
+    if not any(after for _, after in padding):
+        return volume  # np.pad would copy it
     return np.pad(volume, padding, mode=mode)
 
 
@@ -310,20 +309,27 @@ def working_factor(voxel_volume_ml, working_voxel_mm):
     return max(1, round(working_voxel_mm / voxel_mm))
 
 
-def _interpolation_matrix(start, side, n_cells, cell):
-    """Linear interpolation weights, shape (side, n_cells), of working voxels
-    ``start ... start + side - 1`` between coarse cell centres (clamped at the
-    outer centres, as ``map_coordinates(mode="nearest")``)."""
+@functools.lru_cache(maxsize=4096)
+def _interpolation_columns(start, side, n_cells, cell, low, high):
+    """Linear interpolation weights, shape (side, high - low), of working voxels
+    ``start ... start + side - 1`` from coarse cells ``low ... high - 1``
+    (clamped at the outer cell centres, as ``map_coordinates(mode="nearest")``).
+
+    Cached: a patch's weights depend only on where it starts, so a training
+    run computes each axis's few hundred matrices once.
+    """
     position = (np.arange(start, start + side, dtype=np.float64) + 0.5) / cell - 0.5
     position = np.clip(position, 0, n_cells - 1)
-    low = np.floor(position).astype(int)
-    high = np.minimum(low + 1, n_cells - 1)
-    weight = position - low
+    below = np.floor(position).astype(int)
+    above = np.minimum(below + 1, n_cells - 1)
+    weight = position - below
     matrix = np.zeros((side, n_cells))
     rows = np.arange(side)
-    np.add.at(matrix, (rows, low), 1 - weight)
-    np.add.at(matrix, (rows, high), weight)
-    return matrix
+    np.add.at(matrix, (rows, below), 1 - weight)
+    np.add.at(matrix, (rows, above), weight)
+    columns = matrix[:, low:high].astype(np.float32)
+    columns.flags.writeable = False  # shared by every call
+    return columns
 
 
 def bias_patch(log_bias, corner, sides, cell=BIAS_CELL):
@@ -348,18 +354,19 @@ def bias_patch(log_bias, corner, sides, cell=BIAS_CELL):
     -------
     ndarray of float32, shape ``sides``
     """
+    corner = [int(c) for c in corner]
+    sides = [int(s) for s in sides]
     # Only the cells around the patch carry weight.
-    low = [max(int(c) // cell - 1, 0) for c in corner]
+    low = [max(c // cell - 1, 0) for c in corner]
     high = [
-        min((int(c) + int(s) - 1) // cell + 2, n)
+        min((c + s - 1) // cell + 2, n)
         for c, s, n in zip(corner, sides, log_bias.shape, strict=True)
     ]
     result = log_bias[tuple(slice(a, b) for a, b in zip(low, high, strict=True))]
-    for axis, (start, side) in enumerate(zip(corner, sides, strict=True)):
-        matrix = _interpolation_matrix(
-            int(start), int(side), log_bias.shape[axis], cell
+    for axis in range(3):
+        columns = _interpolation_columns(
+            corner[axis], sides[axis], log_bias.shape[axis], cell, low[axis], high[axis]
         )
-        columns = matrix[:, low[axis] : high[axis]].astype(np.float32)
         # Contract this axis; the new axis goes last, so after three the
         # axes are back in order.
         result = np.tensordot(result, columns, axes=([0], [1]))

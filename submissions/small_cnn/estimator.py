@@ -185,7 +185,7 @@ def augment_intensities(channels, relative_sd, rng, table=AUGMENTATION):
     if rng.random() < table["bias"]["p"]:
         slope = table["bias"]["slope"]
         axes = [np.linspace(-0.5, 0.5, side) for side in channels.shape[1:]]
-        grid = np.meshgrid(*axes, indexing="ij")
+        grid = np.meshgrid(*axes, indexing="ij", sparse=True)  # broadcast, not copied
         gradient = sum(rng.uniform(-slope, slope) * g for g in grid)
         relative = relative * np.exp(gradient)[None]
     blur = table["blur"]
