@@ -203,8 +203,9 @@ def walk_files(root: Path) -> Iterator[Path]:
     Raises
     ------
     DataError
-        A folder that cannot be listed, or a link to nothing (the subjects
-        behind them would be lost silently).
+        A folder that cannot be listed, or a link to nothing that could have
+        been a folder, an image or a table (the subjects behind it would be
+        lost silently). A broken link to anything else (a README) is skipped.
     """
 
     def refuse(error: OSError):
@@ -227,6 +228,8 @@ def walk_files(root: Path) -> Iterator[Path]:
                 continue
             path = Path(folder) / name
             if path.is_symlink() and not path.exists():
+                if not _could_hold_subjects(name):
+                    continue
                 raise DataError(
                     f"{path} is a link to {os.readlink(path)}, which does not exist "
                     "(a shared drive not mounted, or data moved): the subjects "
@@ -234,6 +237,12 @@ def walk_files(root: Path) -> Iterator[Path]:
                     "remove it."
                 )
             yield path
+
+
+def _could_hold_subjects(name: str) -> bool:
+    """Whether a file or folder named ``name`` may hold subjects or their data."""
+    # BIDS folders (sub-*, ses-*, anat, a cohort) carry no extension.
+    return "." not in name or name.endswith((".nii", ".nii.gz", ".tsv"))
 
 
 def _space_name(entities: dict) -> str:

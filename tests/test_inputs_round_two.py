@@ -97,6 +97,15 @@ def test_a_link_to_nothing_is_named_not_skipped(tmp_path):
     assert str(subject) in str(error.value)
 
 
+def test_a_broken_link_to_a_document_is_skipped(tmp_path):
+    split = make_split(tmp_path / "train", IDS)
+    (split / "README.md").symlink_to(tmp_path / "moved" / "README.md")
+    assert [s.subject_id for s in find_subjects(split)] == list(IDS)
+    (split / "participants.tsv").symlink_to(tmp_path / "moved" / "participants.tsv")
+    with pytest.raises(DataError, match="participants.tsv is a link to"):
+        find_subjects(split)
+
+
 def test_the_builder_accepts_a_sample_whose_subjects_are_links(tmp_path, capsys):
     data = synthetic.build_sample(tmp_path / "data", **TINY)
     for image in sorted((data / "train").glob("R*/sub-*")):
