@@ -196,6 +196,27 @@ def swap_into_place(
         raise
 
 
+def replace_folder(source: Path | str, destination: Path | str) -> None:
+    """Put the folder ``source`` at ``destination``, replacing the folder there.
+
+    ``source`` is first moved beside ``destination`` (copied, if it is on
+    another file system); then the old folder leaves and the new one comes by
+    two renames (:func:`swap_into_place`). So ``destination`` is never half
+    written, and if the swap fails the old folder is put back.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    stage = staging_folder(destination.parent, f".{destination.name}-")
+    try:
+        (stage / "new").mkdir()
+        shutil.move(str(source), str(stage / "new" / destination.name))
+        swap_into_place(
+            stage / "new", destination.parent, [destination.name], stage / "old"
+        )
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def object_array(items) -> np.ndarray:
     """A 1D object array of ``items``, never broadcast into more dimensions.
 

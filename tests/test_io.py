@@ -9,6 +9,7 @@ from atlas_ramp._io import (
     atomic_path,
     atomic_write_text,
     object_array,
+    replace_folder,
     swap_into_place,
     write_dataset_description,
     write_tsv,
@@ -63,6 +64,38 @@ def test_swap_into_place_moves_nothing_when_refused_then_swaps(tmp_path):
     assert (destination / "train" / "new.txt").read_text() == "new"
     assert not (destination / "test").exists()
     assert (tmp_path / "trash2" / "test").is_dir()
+
+
+def test_replace_folder_keeps_the_old_folder_when_the_swap_fails(tmp_path, monkeypatch):
+    import atlas_ramp._io as io_module
+
+    output = tmp_path / "submission" / "training_output"
+    (output / "fold_0").mkdir(parents=True)
+    (output / "fold_0" / "scores.csv").write_text("old")
+    produced = tmp_path / "stage" / "output"
+    (produced / "fold_0").mkdir(parents=True)
+    (produced / "fold_0" / "scores.csv").write_text("new")
+    renames = []
+
+    def rename_then_fail(source, target):
+        renames.append(source)
+        if len(renames) == 2:  # the old folder has left, the new one fails
+            raise OSError("disk gone")
+        return real_rename(source, target)
+
+    real_rename = io_module.os.rename
+    monkeypatch.setattr(io_module.os, "rename", rename_then_fail)
+    with pytest.raises(OSError, match="disk gone"):
+        replace_folder(produced, output)
+    monkeypatch.undo()
+    assert (output / "fold_0" / "scores.csv").read_text() == "old"
+    (produced / "fold_1").mkdir(parents=True)
+    (produced / "fold_1" / "scores.csv").write_text("new")
+    replace_folder(produced, output)
+    assert [p.name for p in output.iterdir()] == ["fold_1"]
+    assert (output / "fold_1" / "scores.csv").read_text() == "new"
+    assert [p.name for p in output.parent.iterdir()] == ["training_output"]
+    assert not produced.exists()
 
 
 def test_object_array_never_broadcasts():

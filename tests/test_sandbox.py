@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from atlas_ramp.course import sandbox
+from atlas_ramp.course import sandbox, trusted_scoring
 from atlas_ramp.course.trusted_scoring import (
     ForgedOutput,
     _read_time,
@@ -151,6 +151,43 @@ def test_no_bubblewrap_fails_loudly(monkeypatch):
         sandbox.check_sandbox()
     assert "apt-get install bubblewrap" in str(error.value)
     assert "--no-sandbox" in str(error.value) and "read them" in str(error.value)
+
+
+def test_server_failures_are_not_blamed_on_the_submission(
+    small_sample, tmp_path, monkeypatch, capsys
+):
+    """Exit 2 (ramp-board's checking_error) for the server's own failures;
+    1 (training_error) for what the submission wrote."""
+    output = tmp_path / "training_output"
+    (output / "fold_0").mkdir(parents=True)
+    scoring = ["--kit-dir", str(REPO), "--training-output", str(output)]
+    # No data where the scorer looks: the server's failure.
+    assert trusted_scoring.main([*scoring, "--data-dir", str(tmp_path)]) == 2
+    assert "problem on RAMP's side" in capsys.readouterr().err
+    # The data are there; the submission saved no predictions: its failure.
+    (tmp_path / "deployment").mkdir()
+    (tmp_path / "deployment" / "data").symlink_to(small_sample)
+    data_dir = str(tmp_path / "deployment")
+    assert trusted_scoring.main([*scoring, "--data-dir", data_dir]) == 1
+    assert "output is refused" in capsys.readouterr().err
+    # No bubblewrap on the worker: the server's failure.
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    paths = ("kit-dir", "data-dir", "submission-dir", "python-env", "output-dir", "log")
+    arguments = [part for name in paths for part in (f"--{name}", str(tmp_path))]
+    assert sandbox.main(arguments) == 2
+    error = capsys.readouterr().err
+    assert "problem on RAMP's side" in error and "apt-get install bubblewrap" in error
+
+
+def test_one_unreadable_volume_leaves_the_others_cached(small_sample, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(small_sample, data, ignore=shutil.ignore_patterns(".cache"))
+    images = sorted((data / "train").rglob("*_T1w.nii.gz"))
+    # Cut in half: the header reads, the voxels do not (ramp-test reports it).
+    images[0].write_bytes(images[0].read_bytes()[: images[0].stat().st_size // 2])
+    sandbox.warm_volume_cache(tmp_path)
+    cached = [p.name for p in (data / ".cache" / "train").glob("*_T1w-*.npy")]
+    assert len(cached) == len(images) - 1
 
 
 def test_links_left_by_a_submission_are_removed(tmp_path):

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import shutil
 import tarfile
 import time
@@ -38,9 +37,14 @@ from pathlib import Path
 
 from ramp_engine.base import BaseWorker, _get_traceback
 
-from .._io import atomic_write_text, staging_folder
-from .dispatcher import RAMP_SIDE_EXIT_CODE, ramp_side_message
-from .worker_host import TIMEOUT_EXIT_CODE, read_submission_files, run_submission_here
+from .._io import atomic_write_text, replace_folder, staging_folder
+from .worker_host import (
+    RAMP_SIDE_EXIT_CODE,
+    TIMEOUT_EXIT_CODE,
+    ramp_side_message,
+    read_submission_files,
+    run_submission_here,
+)
 
 logger = logging.getLogger("RAMP-WORKER")
 
@@ -88,8 +92,7 @@ def unpack_folder(packed: bytes, destination: Path) -> None:
     try:
         with tarfile.open(fileobj=io.BytesIO(packed), mode="r:gz") as archive:
             archive.extractall(stage / "new", filter="data")
-        shutil.rmtree(destination, ignore_errors=True)
-        os.rename(stage / "new", destination)
+        replace_folder(stage / "new", destination)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 

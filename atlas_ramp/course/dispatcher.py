@@ -41,18 +41,7 @@ from ramp_database.tools.submission import (
 from ramp_engine import Dispatcher
 
 from .contributivity import ContributivityRunner
-
-# ramp-engine's dispatcher turns this return code into "checking_error".
-RAMP_SIDE_EXIT_CODE = 2
-
-
-def ramp_side_message(what: str, error: BaseException) -> str:
-    """The error message a student reads for a failure on the server's side."""
-    return (
-        f"There was a problem on RAMP's side: {what} ({type(error).__name__}: "
-        f"{str(error).rstrip('.')}). It is most likely not related to your code; "
-        "if it happens again, please contact the event organizers."
-    )
+from .worker_host import RAMP_SIDE_EXIT_CODE, ramp_side_message
 
 
 class GuardedWorker:

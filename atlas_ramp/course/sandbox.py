@@ -38,11 +38,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
-from .._io import link_or_copy, staging_folder
-from ..bids import find_subjects
+from .._io import link_or_copy, replace_folder, staging_folder
+from ..bids import find_subjects, walk_files
 from ..testmode import QUICK_TEST_VARIABLE, UNLABELLED_TEST_VARIABLE
+from .worker_host import RAMP_SIDE_EXIT_CODE, TIMEOUT_EXIT_CODE, ramp_side_message
 
 #: Where the kit and the submissions are, inside the sandbox.
 SANDBOX_KIT = "/ramp/kit"
@@ -63,8 +65,6 @@ PASSED_VARIABLES = (
 )
 #: System files a Python process reads; /etc as a whole is not shown.
 _ETC_FILES = ("ld.so.cache", "ld.so.conf", "passwd", "group", "localtime", "hosts")
-#: Exit code of a run stopped at its time limit (as ramp-engine's).
-TIMEOUT_RETURNCODE = 124
 
 
 class SandboxUnavailable(RuntimeError):
@@ -152,12 +152,18 @@ def warm_volume_cache(data_dir: Path | str) -> None:
     for split in ("train", "test"):
         try:
             images = ImageSequence.from_folder(Path(data_dir) / "data" / split)
-            for position in range(len(images)):
-                images[position]
-            if split == "train":
-                load_masks(images)
         except DataError:
             continue
+        for position in range(len(images)):
+            try:  # one bad volume leaves the others to be cached
+                images[position]
+            except DataError:
+                continue
+        if split == "train":
+            try:
+                load_masks(images)
+            except DataError:
+                pass
 
 
 def stage_test_images(data_dir: Path | str, stage: Path | str) -> tuple[Path, Path]:
@@ -187,7 +193,9 @@ def stage_test_images(data_dir: Path | str, stage: Path | str) -> tuple[Path, Pa
         link_or_copy(image, test / image.relative_to(source))
         for entry in _cache_entries(real_cache, image):
             link_or_copy(entry, cache / entry.relative_to(real_cache))
-    for table in source.rglob("participants.tsv"):
+    # Linked cohort or subject folders are entered, as discovery does.
+    tables = (path for path in walk_files(source) if path.name == "participants.tsv")
+    for table in tables:
         rows = pd.read_csv(table, sep="\t", dtype=str)
         kept = [name for name in ("participant_id", "cohort") if name in rows]
         target = test / table.relative_to(source)
@@ -367,7 +375,8 @@ def run_sandboxed_submission(
     -------
     int
         0 when trained and scored; ``ramp-test``'s or the scorer's exit code
-        otherwise; 124 at the time limit.
+        otherwise (the scorer's is 1 for a forged output, 2 for a failure on
+        the server's side); 124 at the time limit.
     """
     bwrap = check_sandbox()
     kit_dir, data_dir = Path(kit_dir).resolve(), Path(data_dir).resolve()
@@ -406,7 +415,7 @@ def run_sandboxed_submission(
                 )
             except subprocess.TimeoutExpired:
                 log(f"[sandbox] killed after {timeout} s")
-                return TIMEOUT_RETURNCODE
+                return TIMEOUT_EXIT_CODE
             log(f"[sandbox] ramp-test ran {time.perf_counter() - start:.1f} s")
             if completed.returncode:
                 return completed.returncode
@@ -414,9 +423,7 @@ def run_sandboxed_submission(
             scored = score_outside(python_env, kit_dir, data_dir, produced, log_file)
             if scored:
                 return scored
-            shutil.rmtree(output_dir, ignore_errors=True)
-            output_dir.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(produced), str(output_dir))
+            replace_folder(produced, output_dir)
             return 0
         finally:
             shutil.rmtree(stage, ignore_errors=True)
@@ -439,9 +446,15 @@ def main(argv: list[str] | None = None) -> int:
             args.kit_dir, args.data_dir, args.submission_dir, args.python_env,
             args.output_dir, args.log, args.timeout,
         )  # fmt: skip
-    except SandboxUnavailable as error:
-        print(f"atlas_ramp.course.sandbox: error: {error}", file=sys.stderr)
-        return 1
+    except Exception as error:
+        # The runner is the server's code (the submission runs in a child
+        # process, whose failure is an exit code): no bubblewrap, an
+        # environment that cannot import the kit, unreadable data, a full
+        # disk... are the server's failures, not the student's.
+        traceback.print_exc()
+        message = ramp_side_message("the sandbox could not run the submission", error)
+        print(f"atlas_ramp.course.sandbox: error: {message}", file=sys.stderr)
+        return RAMP_SIDE_EXIT_CODE
 
 
 if __name__ == "__main__":

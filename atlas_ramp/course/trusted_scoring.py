@@ -24,6 +24,7 @@ import argparse
 import math
 import os
 import sys
+import traceback
 from collections import OrderedDict
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from rampwf.utils.submission import bag_submissions
 
 from .._io import atomic_path, atomic_write_text
 from ..testmode import UNLABELLED_TEST_VARIABLE, is_unlabelled_test
+from .worker_host import RAMP_SIDE_EXIT_CODE, ramp_side_message
 
 STEPS = ("train", "valid", "test")
 
@@ -194,13 +196,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         score_training_output(args.kit_dir, args.data_dir, args.training_output)
-    except ForgedOutput as error:
+    except ForgedOutput as error:  # the submission's fault: "training_error"
         print(
             "atlas_ramp.course.trusted_scoring: the submission's output is refused: "
             f"{error}",
             file=sys.stderr,
         )
         return 1
+    except Exception as error:
+        # Predictions that passed the checks are scored by the kit's own code:
+        # what fails now is the data (the private masks), the kit or the host.
+        traceback.print_exc()
+        message = ramp_side_message("scoring the test predictions failed", error)
+        print(f"atlas_ramp.course.trusted_scoring: error: {message}", file=sys.stderr)
+        return RAMP_SIDE_EXIT_CODE
     return 0
 
 

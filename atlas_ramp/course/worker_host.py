@@ -33,6 +33,18 @@ from pathlib import Path
 # Outputs of a previous run and caches are never shipped with a submission.
 _NOT_SHIPPED = {"training_output", "__pycache__"}
 TIMEOUT_EXIT_CODE = 124  # ramp-engine's code for "killed after its timeout"
+# ramp-engine's dispatcher records this exit code as "checking_error": a failure
+# on the server's side, not the submission's ("training_error", any other code).
+RAMP_SIDE_EXIT_CODE = 2
+
+
+def ramp_side_message(what: str, error: BaseException) -> str:
+    """The error message a student reads for a failure on the server's side."""
+    return (
+        f"There was a problem on RAMP's side: {what} ({type(error).__name__}: "
+        f"{str(error).rstrip('.')}). It is most likely not related to your code; "
+        "if it happens again, please contact the event organizers."
+    )
 
 
 def read_submission_files(folder: Path | str) -> dict[str, bytes]:
