@@ -440,6 +440,25 @@ def test_training_patches_equal_the_whole_volume_preparation(small_split):
     )
 
 
+def test_pooled_copies_hold_the_mirror_channel_only_when_asked(small_split):
+    """Volumes that are not memory-mapped are kept pooled: one channel, or two
+    with the mirror; the image channel is the same either way."""
+    X_train, y_train, _ = small_split
+    in_memory = [np.array(X_train[i], dtype=np.float32) for i in range(2)]
+    both = cnn.TrainingSubjects(in_memory, y_train[:2], factor=1)
+    image_only = cnn.TrainingSubjects(
+        in_memory, y_train[:2], factor=1, mirror_channel=False
+    )
+    assert [len(image) for image in both.stored_images] == [2, 2]
+    assert [len(image) for image in image_only.stored_images] == [1, 1]
+    assert image_only.held_bytes() < 0.6 * both.held_bytes()
+    corner = (5, 9, 4)
+    np.testing.assert_array_equal(
+        image_only.image_patch(1, corner, 16, mirror_channel=False),
+        both.image_patch(1, corner, 16, mirror_channel=False),
+    )
+
+
 def test_histogram_standardization_undoes_another_contrast_curve():
     """One head seen by two scanners (another gamma, scale and offset) looks
     alike after standardization onto the same landmarks; z-scores do not."""

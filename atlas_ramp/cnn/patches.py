@@ -123,23 +123,29 @@ def pooled_lesions(indices, data_shape, factor):
 class TrainingSubjects:
     """What ``fit`` keeps of each training subject, and patches cut on demand.
 
-    Holding every training volume at 2 mm took about 10 MB a subject (image,
-    mirror, template, lesion fraction, head indices): 6 GB for ATLAS's 524
-    training subjects of a fold. Here each subject keeps only its head mask
-    (one bit a working voxel), the mean and sd of its head's intensities, and
-    its lesion voxels (sparse). A patch is cut from ``X[i]`` when it is drawn:
-    the kit's volume cache maps a decompressed ``.npy`` file, so this reads a
-    few MB from the page cache, not the whole volume. The mirror channel is
-    cut from the same mapped volume; the template is held once.
+    Each subject keeps a few hundred kB: its head mask (one bit a working
+    voxel), its bias field (coarse cells), the mean and sd of its head's
+    intensities, its histogram landmarks and its lesion voxels (sparse).
+    Whole volumes at 2 mm would take about 10 MB a subject, 6 GB for a fold of
+    ATLAS's training set. A patch is cut from ``X[i]`` when it is drawn: the
+    kit's volume cache maps a decompressed ``.npy`` file, so this reads a few
+    MB from the page cache, not the whole volume. Where the volumes are not
+    memory-mapped, pooled copies are kept instead (about 2 MB a channel and
+    subject at 2 mm).
 
     Parameters
     ----------
     X, y : image and mask sequences
     factor : int
         Pooling factor from the data's voxels to working voxels.
+    correct_bias : bool
+        Divide each image by its bias field (:func:`white_matter_bias`).
+    mirror_channel : bool
+        Patches will carry the left-right mirror channel (only the pooled
+        copies depend on it).
     """
 
-    def __init__(self, X, y, factor, correct_bias=True):
+    def __init__(self, X, y, factor, correct_bias=True, mirror_channel=True):
         self.X, self.factor = X, factor
         self.landmarks = []
         self.stored_images = None  # working-resolution copies, when X is not mapped
@@ -147,9 +153,9 @@ class TrainingSubjects:
         self.lesion_voxels, self.lesion_fractions = [], []
         self.lesion_starts, self.lesion_coordinates = [], []
         self.log_biases = []
-        # The first read of a volume fills the cache; the second maps it.
-        X[0]
-        if not is_memory_mapped(X[0]):
+        X[0]  # the first read of a volume fills the cache; the second maps it
+        first = X[0]
+        if not is_memory_mapped(first):
             # Volumes decoded at every read (no writable cache): keep pooled
             # copies instead, at about 4 MB a subject at 2 mm.
             print(
@@ -162,13 +168,14 @@ class TrainingSubjects:
         # X[i], which checks the cache entry against its source every time.
         self.mapped_files = []
         for i in range(len(X)):
-            volume = X[i]
+            volume = first if i == 0 else X[i]
             file = mapped_file(volume)
             if file is not None and file["shape"] != volume.shape:
                 file = None  # a view of part of a file: read through X
             self.mapped_files.append(file)
+            stored_mirror = mirror_channel and self.stored_images is not None
             image, head, statistics, log_bias = z_scored_channels(
-                volume, factor, self.stored_images is not None, correct_bias
+                volume, factor, stored_mirror, correct_bias
             )
             self.shape, self.data_side_x = head.shape, volume.shape[0]
             self.log_biases.append(log_bias)

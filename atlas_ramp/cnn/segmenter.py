@@ -78,7 +78,9 @@ class PatchSegmenter:
         self.template_ = None
         if self.template_channel:
             self.template_ = template_on_grid(X.affine, self.data_shape_, self.factor_)
-        subjects = TrainingSubjects(X, y, self.factor_, self.bias_correction)
+        subjects = TrainingSubjects(
+            X, y, self.factor_, self.bias_correction, self.mirror_channel
+        )
         # The standard scale: the training subjects' average landmarks.
         self.standard_landmarks_ = None
         if self.histogram_standardization:
