@@ -51,11 +51,17 @@ def default_cache_dir(split_dir: Path | str) -> Path:
     return split_dir.parent / CACHE_DIR_NAME / split_dir.name
 
 
-@functools.lru_cache(maxsize=4096)
 def _resolved(path: Path) -> str:
-    # Resolved once per path: Path.resolve costs system calls at every read
-    # (a tenth of a small CNN training patch's preparation).
-    return str(path.resolve())
+    # Keyed on the absolute path: a relative one means another file once the
+    # working folder changes.
+    return _resolved_absolute(os.path.abspath(path))
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolved_absolute(path: str) -> str:
+    # Resolved once per path: resolving costs a system call per folder of the
+    # path, at every read of a cached volume.
+    return os.path.realpath(path)
 
 
 def _source_signature(path: Path) -> dict:

@@ -108,7 +108,7 @@ def part_costs(subjects, repeats, n=200):
 
     def read_resolving():
         for i in range(n):
-            volume_cache._resolved.cache_clear()
+            volume_cache._resolved_absolute.cache_clear()
             subjects.X[i % len(subjects)]
 
     return {

@@ -2,6 +2,7 @@
 
 import gzip
 import os
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -285,3 +286,18 @@ def test_changing_a_cached_volume_changes_neither_the_cache_nor_later_reads(tmp_
     from_cache = X[0]
     from_cache -= 100  # students normalize in place
     assert np.array_equal(X[0], original)
+
+
+def test_cache_names_follow_the_working_folder(tmp_path, monkeypatch):
+    """A relative path names another file once the working folder changes."""
+    from atlas_ramp import volume_cache
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "image.nii.gz").write_bytes(b"")
+    monkeypatch.chdir(tmp_path / "a")
+    first = volume_cache._resolved(Path("image.nii.gz"))
+    monkeypatch.chdir(tmp_path / "b")
+    second = volume_cache._resolved(Path("image.nii.gz"))
+    assert first == str((tmp_path / "a" / "image.nii.gz").resolve())
+    assert second == str((tmp_path / "b" / "image.nii.gz").resolve())
