@@ -140,8 +140,10 @@ def test_evaluate_reuses_the_model_ramp_test_saved_unless_stale(tiny_kit, tmp_pa
 def test_unlabelled_folder_is_a_data_error(tiny_kit):
     folder = tiny_kit / "data" / "unlabelled"
     write_subject(anat_dir(folder, "sub-r009s001"), "sub-r009s001", mask=False)
-    with pytest.raises(DataError, match="no lesion masks"):
+    with pytest.raises(DataError, match="no lesion masks") as error:
         evaluate("cube", folder, kit=tiny_kit, progress=False)
+    assert "atlas-ramp export" in str(error.value)
+    assert "_label-L_desc-T1lesion_mask.nii.gz" in str(error.value)
     with pytest.raises(DataError, match=str(folder)):
         evaluate("cube", folder, kit=tiny_kit, progress=False)
 

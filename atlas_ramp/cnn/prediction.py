@@ -228,8 +228,8 @@ def best_threshold(probability_of, X, y, n_subjects, device, thresholds=THRESHOL
     threshold : float
     dice : float
         Mean Dice at that threshold.
-    dice_at_half : float
-        Mean Dice at the last (highest) threshold.
+    dice_at_highest : float
+        Mean Dice at the last (highest) threshold, the untuned one.
     n_used : int
         Subjects used.
     """

@@ -18,12 +18,24 @@ from atlas_ramp.volumes import MaskSequence
 
 from .patches import TrainingSubjects
 from .prediction import (
+    THRESHOLDS,
     best_threshold,
     final_probability,
     pick_device,
     probability_on_data_grid,
 )
 from .preparation import template_on_grid, working_factor
+
+
+def _dense_on_access(y):
+    """Masks that read as dense arrays.
+
+    ``get_train_data()`` gives sparse masks; numpy would turn a SparseMask
+    silently into a single True, so they are wrapped (dense on access).
+    """
+    if len(y) and isinstance(y[0], SparseMask):
+        return MaskSequence(y)
+    return y
 
 
 class PatchSegmenter:
@@ -68,10 +80,7 @@ class PatchSegmenter:
         -------
         TrainingSubjects
         """
-        if len(y) and isinstance(y[0], SparseMask):
-            # get_train_data() gives sparse masks; numpy would turn a
-            # SparseMask silently into a single True, so wrap them.
-            y = MaskSequence(y)
+        y = _dense_on_access(y)
         start = time.perf_counter()
         self.factor_ = working_factor(X.voxel_volume_ml, self.working_voxel_mm)
         self.data_shape_ = tuple(X.volume_shape)
@@ -96,13 +105,12 @@ class PatchSegmenter:
 
     def keep_trained(self, network, X, y, device):
         """Keep the trained weights (on CPU) and tune the decision threshold."""
-        if len(y) and isinstance(y[0], SparseMask):
-            y = MaskSequence(y)
+        y = _dense_on_access(y)
         self.state_dict_ = {
             name: tensor.detach().cpu() for name, tensor in network.state_dict().items()
         }
         self._network = network.eval()
-        self.threshold_, dice, dice_at_half, count = best_threshold(
+        self.threshold_, dice, dice_at_highest, count = best_threshold(
             lambda volume: self.probability_on_data_grid(network, volume, device),
             X,
             y,
@@ -111,7 +119,7 @@ class PatchSegmenter:
         )
         print(
             f"small_cnn: decision threshold {self.threshold_:g} (Dice {dice:.3f} on "
-            f"{count} training subjects; {dice_at_half:.3f} at 0.5)",
+            f"{count} training subjects; {dice_at_highest:.3f} at {THRESHOLDS[-1]:g})",
             flush=True,
         )
 

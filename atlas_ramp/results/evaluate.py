@@ -38,7 +38,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from ..bids import DataError
+from ..bids import DataError, no_masks_error
 from ..grids import check_same_grid
 from ..volumes import ImageSequence, load_mask, load_masks
 from ..workflow import (
@@ -211,12 +211,8 @@ def evaluate(
     train_dir = Path(train_data) if train_data is not None else kit / "data" / "train"
     X = ImageSequence.from_folder(folder)
     if not X.is_labelled:
-        raise DataError(
-            f"{folder} has no lesion masks (unlabelled subjects), so it cannot be "
-            "scored. Give a labelled folder (*_label-L_desc-T1lesion_mask.nii.gz "
-            "beside each T1w), or write the predictions with `atlas-ramp "
-            "export`."
-        )
+        error = no_masks_error(folder, X.subjects[0])
+        raise DataError(f"{error} To predict without scoring: `atlas-ramp export`.")
     X_train = ImageSequence.from_folder(train_dir)
     check_same_grid(
         (str(train_dir), X_train.volume_shape, X_train.affine),
