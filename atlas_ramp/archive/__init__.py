@@ -23,47 +23,48 @@ that does not grow with the archive. One module per step:
 The facts about the release (URL, SHA-256, license) live in
 :mod:`atlas_ramp.archive.release`; encrypting archives, which only tests and
 benchmarks need, in :mod:`atlas_ramp.testing.archives`.
+
+Every name below is imported on first use (PEP 562): ``python download_data.py``
+for the synthetic sample, or any module that needs only the release's facts,
+does not load requests, cryptography and scikit-learn.
 """
 
-from .errors import (
-    ChecksumError,
-    CorruptArchiveError,
-    NotAtlasFormatError,
-    UnsafeArchiveError,
-    WrongPasswordError,
-)
-from .fetch import ResumableDownload
-from .install import DOWNLOADS_DIR_NAME, INSTALLED_ENTRIES, install_atlas
-from .openssl import (
-    BASE64_SALT_HEADER,
-    check_password,
-    decrypt_openssl_stream,
-    evp_bytes_to_key,
-)
-from .password import PASSWORD_ENV_VAR, resolve_password
-from .release import ATLAS_ARCHIVE_NAME, ATLAS_SHA256, ATLAS_URL
-from .untar import extract_tar_stream, safe_member, unpack_archive_stream
+import importlib
 
-__all__ = [
-    "ATLAS_ARCHIVE_NAME",
-    "ATLAS_SHA256",
-    "ATLAS_URL",
-    "BASE64_SALT_HEADER",
-    "DOWNLOADS_DIR_NAME",
-    "INSTALLED_ENTRIES",
-    "PASSWORD_ENV_VAR",
-    "ChecksumError",
-    "CorruptArchiveError",
-    "NotAtlasFormatError",
-    "ResumableDownload",
-    "UnsafeArchiveError",
-    "WrongPasswordError",
-    "check_password",
-    "decrypt_openssl_stream",
-    "evp_bytes_to_key",
-    "extract_tar_stream",
-    "install_atlas",
-    "resolve_password",
-    "safe_member",
-    "unpack_archive_stream",
-]
+#: Public name -> the module of this package that defines it.
+_EXPORTS = {
+    "ChecksumError": "errors",
+    "CorruptArchiveError": "errors",
+    "NotAtlasFormatError": "errors",
+    "UnsafeArchiveError": "errors",
+    "WrongPasswordError": "errors",
+    "ResumableDownload": "fetch",
+    "DOWNLOADS_DIR_NAME": "install",
+    "INSTALLED_ENTRIES": "install",
+    "install_atlas": "install",
+    "BASE64_SALT_HEADER": "openssl",
+    "check_password": "openssl",
+    "decrypt_openssl_stream": "openssl",
+    "evp_bytes_to_key": "openssl",
+    "PASSWORD_ENV_VAR": "password",
+    "resolve_password": "password",
+    "ATLAS_ARCHIVE_NAME": "release",
+    "ATLAS_SHA256": "release",
+    "ATLAS_URL": "release",
+    "extract_tar_stream": "untar",
+    "safe_member": "untar",
+    "unpack_archive_stream": "untar",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])
