@@ -111,7 +111,8 @@ def predict_probability(
 
 
 def weaken_unsure_lesions(probability, min_peak):
-    """Halve the probability of predicted lesions that never reach ``min_peak``.
+    """Halve the probability of predicted lesions that never reach ``min_peak``
+    (in place; ``probability`` is returned).
 
     A predicted lesion is a connected component of ``probability >= 0.5``
     (face connectivity, as scored). Faint blobs far from the lesion are the
@@ -204,8 +205,8 @@ def probability_on_data_grid(
             mode="trilinear",
             align_corners=False,
         )[0, 0]
-    shape = data_shape
-    return probability[: shape[0], : shape[1], : shape[2]].clamp(0, 1)
+    x, y, z = data_shape
+    return probability[:x, :y, :z].clamp(0, 1)
 
 
 def best_threshold(probability_of, X, y, n_subjects, device, thresholds=THRESHOLDS):

@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--private",
         type=Path,
         required=True,
-        help="the server's data (then: atlas_ramp.course.server deploy --private-data)",
+        help="the server's data (then: atlas-ramp server deploy --private-data)",
     )
     parser.add_argument(
         "--public",
