@@ -431,8 +431,9 @@ BUDGETS = {
 
 QUICK_TEST_NOTE = """small_cnn, quick test: {steps} training steps per fold on small
   patches, enough to see the network start to find lesions (expect a low Dice,
-  around 0.3-0.6), not to judge it. The quick test checks that the submission trains,
-  predicts and is scored end to end. For the real figures (25 to 35 minutes on
+  about 0.3 on the default sample, varying a lot from seed to seed), not to judge
+  it. The quick test checks that the submission trains, predicts and is scored end
+  to end. For the real figures (25 to 35 minutes on
   2 CPU cores): ramp-test --submission small_cnn"""
 
 
