@@ -49,6 +49,7 @@ from .dask_pool import DaskPoolWorker, close_pool_clients
 from .dispatcher import CourseDispatcher
 from .event_kit import DeployError
 from .sandbox import SandboxUnavailable, check_sandbox
+from .worker_host import sandbox_runner_command
 
 _REQUIRED = ("kit_dir", "data_dir", "submissions_dir", "logs_dir", "predictions_dir")
 
@@ -110,20 +111,16 @@ class VirtualenvWorker(CondaEnvWorker):
         # Appending: the sandbox's processes write to the same file.
         self._log_file = open(log_path, "ab")
         submission_dir = os.path.join(self.config["submissions_dir"], self.submission)
-        options = {
-            "--kit-dir": self.config["kit_dir"],
-            "--data-dir": self.config["data_dir"],
-            "--submission-dir": submission_dir,
-            "--python-env": str(Path(self._python_bin_path).parent),
-            "--output-dir": os.path.join(submission_dir, "training_output"),
-            "--log": log_path,
-            # A little before ramp-engine's own kill, so that the runner stops
-            # the sandbox and removes its staging folder itself.
-            "--timeout": str(max(1.0, 0.99 * self.timeout - 5)),
-        }
-        command = [sys.executable, "-m", "atlas_ramp.course.sandbox"]
-        for option, value in options.items():
-            command += [option, value]
+        command = sandbox_runner_command(
+            sys.executable,
+            kit_dir=self.config["kit_dir"],
+            data_dir=self.config["data_dir"],
+            submission_dir=submission_dir,
+            python_env=Path(self._python_bin_path).parent,
+            output_dir=os.path.join(submission_dir, "training_output"),
+            log=log_path,
+            timeout=self.timeout,  # ramp-engine's own kill
+        )
         self._proc = subprocess.Popen(
             command, stdout=self._log_file, stderr=subprocess.STDOUT
         )

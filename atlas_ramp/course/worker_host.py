@@ -104,20 +104,38 @@ def sandboxed_command(
     The scored ``training_output`` lands in ``scratch/sandboxed_output``; the
     run appends to ``scratch/log``.
     """
-    python = Path(settings["python_env"]) / "bin" / "python"
+    return sandbox_runner_command(
+        Path(settings["python_env"]) / "bin" / "python",
+        kit_dir=settings["kit_dir"],
+        data_dir=settings["data_dir"],
+        submission_dir=submissions_dir / submission,
+        python_env=settings["python_env"],
+        output_dir=scratch / "sandboxed_output",
+        log=scratch / "log",
+        timeout=settings.get("timeout"),
+    )
+
+
+def sandbox_runner_command(
+    python, *, kit_dir, data_dir, submission_dir, python_env, output_dir, log, timeout
+) -> list[str]:
+    """``python -m atlas_ramp.course.sandbox ...`` with these paths.
+
+    ``timeout`` (seconds, or None) is the caller's own kill: the runner gets a
+    little less, so that it stops the sandbox and removes its staging folder
+    itself.
+    """
     command = [
         str(python), "-m", "atlas_ramp.course.sandbox",
-        "--kit-dir", settings["kit_dir"],
-        "--data-dir", settings["data_dir"],
-        "--submission-dir", str(submissions_dir / submission),
-        "--python-env", settings["python_env"],
-        "--output-dir", str(scratch / "sandboxed_output"),
-        "--log", str(scratch / "log"),
+        "--kit-dir", str(kit_dir),
+        "--data-dir", str(data_dir),
+        "--submission-dir", str(submission_dir),
+        "--python-env", str(python_env),
+        "--output-dir", str(output_dir),
+        "--log", str(log),
     ]  # fmt: skip
-    if settings.get("timeout"):
-        # A little before this host's own kill, so that the sandbox's runner
-        # stops it and removes its staging folder itself.
-        command += ["--timeout", str(max(1.0, 0.99 * settings["timeout"] - 5))]
+    if timeout:
+        command += ["--timeout", str(max(1.0, 0.99 * timeout - 5))]
     return command
 
 
