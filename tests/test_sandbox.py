@@ -115,6 +115,12 @@ def deployment(small_sample, tmp_path):
 def test_a_process_in_the_sandbox_cannot_open_a_test_mask(deployment, tmp_path):
     bwrap = bwrap_or_skip()
     data_dir = deployment / "ramp-data" / "atlas_stroke"
+    # A cohort of the training data linked from a shared drive, as courses do.
+    cohort = sorted((data_dir / "data" / "train").glob("R*"))[0]
+    shared = tmp_path / "shared-drive" / "train" / cohort.name
+    shared.parent.mkdir(parents=True)
+    shutil.move(cohort, shared)
+    cohort.symlink_to(shared, target_is_directory=True)
     sandbox.warm_volume_cache(data_dir)
     staged = sandbox.stage_test_images(data_dir, tmp_path / "stage")
     submissions = tmp_path / "submissions"

@@ -4,10 +4,10 @@ On a course server, ``ramp-test`` trains and predicts inside a bubblewrap
 (``bwrap``) sandbox: new mount, PID, network, IPC and UTS namespaces, killed with
 its parent. Its file system holds, read-only, the Python environment (and the
 interpreter it is built on), the ``atlas_ramp`` package that environment
-imports, the kit's ``problem.py``, ``data/train`` (with its volume cache), and a
-staged ``data/test`` made of the test **images** only (hard links, and the
-images' cache entries); writable, a copy of the submission's folder and
-``/tmp``. Nothing else of the deployment is there: not the test masks, not their
+imports, the kit's ``problem.py``, ``data/train`` (with its volume cache, and the
+folders its links lead to, at their own paths), and a staged ``data/test`` made
+of the test **images** only (hard links, and the images' cache entries);
+writable, a copy of the submission's folder and ``/tmp``. Nothing else of the deployment is there: not the test masks, not their
 cache, not the database configuration, not the other submissions; ``/proc`` is
 the sandbox's own, so ``/proc/self/cwd`` or ``/proc/1/root`` lead nowhere else;
 no network (a private loopback only). ``ATLAS_RAMP_UNLABELLED_TEST=1`` makes
@@ -204,6 +204,37 @@ def stage_test_images(data_dir: Path | str, stage: Path | str) -> tuple[Path, Pa
     return test, cache
 
 
+def linked_from(folder: Path | str) -> list[Path]:
+    """Where links below ``folder`` lead, outside it: real paths, outermost only.
+
+    A course's training data may link cohort or subject folders from a shared
+    drive. The sandbox shows these targets read-only at their own paths, so
+    that the links resolve inside as outside (and the volume cache, which
+    names its sources by real path, finds its entries).
+    """
+    real_root = Path(folder).resolve()
+    targets, visited = set(), set()
+    for root, folders, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in visited:  # a folder reached twice, or a cycle
+            folders.clear()
+            continue
+        visited.add(real)
+        for name in folders + files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                target = Path(os.path.realpath(path))
+                if target.exists() and not target.is_relative_to(real_root):
+                    targets.add(target)
+    return sorted(
+        target
+        for target in targets
+        if not any(
+            other != target and target.is_relative_to(other) for other in targets
+        )
+    )
+
+
 def _system_view() -> list[str]:
     """Read-only ``/usr`` with the merged-usr links, and a few ``/etc`` files."""
     args = ["--ro-bind", "/usr", "/usr"]
@@ -276,6 +307,8 @@ def sandbox_command(
         "--ro-bind", str(submissions), SANDBOX_SUBMISSIONS,
         "--bind", str(output), f"{SANDBOX_SUBMISSIONS}/{submission}/training_output",
     ]  # fmt: skip
+    for target in linked_from(data / "train"):  # after /tmp's tmpfs, as above
+        view += ["--ro-bind", str(target), str(target)]
     if data_link != data:
         view += ["--symlink", str(data), str(data_link)]
     if Path(given_env := os.path.abspath(original_env)) != python_env:
