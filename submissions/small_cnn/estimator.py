@@ -33,8 +33,8 @@ plumbing (per-subject preparation, the patch pipeline, sliding windows) is
 ``atlas_ramp.cnn``; every step it takes is switched by a parameter here.
 
 Scores and cost (default synthetic sample, 2-core CPU): ``ramp-test
---submission small_cnn`` bagged test Dice 0.822, lesion F1 0.967 in 1,747 s,
-0.92 GB; one fit on all 40 subjects scores 0.585 on the unseen cohorts of
+--submission small_cnn`` bagged test Dice 0.793, lesion F1 0.952 in 1,463 s,
+1.11 GB; one fit on all 40 subjects scores 0.576 on the unseen cohorts of
 ``data/generalizability``.
 
 Read more in ``submissions/small_cnn/README.md`` (the model card): scores and
