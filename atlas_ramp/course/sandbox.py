@@ -7,10 +7,11 @@ interpreter it is built on), the ``atlas_ramp`` package that environment
 imports, the kit's ``problem.py``, ``data/train`` (with its volume cache, and the
 folders its links lead to, at their own paths), and a staged ``data/test`` made
 of the test **images** only (hard links, and the images' cache entries);
-writable, a copy of the submission's folder and ``/tmp``. Nothing else of the deployment is there: not the test masks, not their
-cache, not the database configuration, not the other submissions; ``/proc`` is
-the sandbox's own, so ``/proc/self/cwd`` or ``/proc/1/root`` lead nowhere else;
-no network (a private loopback only). ``ATLAS_RAMP_UNLABELLED_TEST=1`` makes
+writable, a copy of the submission's folder and ``/tmp``. Nothing else of the
+deployment is there: not the test masks, not their cache, not the database
+configuration, not the other submissions; ``/proc`` is the sandbox's own, so
+``/proc/self/cwd`` or ``/proc/1/root`` lead nowhere else; no network (a private
+loopback only). ``ATLAS_RAMP_UNLABELLED_TEST=1`` makes
 ``problem.py`` read the test split without masks: ``ramp-test`` prints NaN test
 scores and saves the test predictions.
 
