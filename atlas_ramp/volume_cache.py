@@ -81,6 +81,21 @@ def _cache_stem(cache_dir: Path, path: Path) -> Path:
     return cache_dir / f"{name}-{digest}"
 
 
+def fresh_entry_files(cache_dir: Path | str, path: Path | str) -> list[Path]:
+    """The files (metadata, array) of the cached volume of ``path``, if fresh.
+
+    For code that links or copies cache entries (the course sandbox stages
+    the test images' entries); empty when the entry is missing or stale.
+    """
+    stem = _cache_stem(Path(cache_dir), Path(path))
+    meta, array = stem.with_suffix(".json"), stem.with_suffix(".npy")
+    try:
+        fresh = json.loads(meta.read_text()) == _source_signature(Path(path))
+    except (OSError, ValueError):
+        return []
+    return [meta, array] if fresh and array.is_file() else []
+
+
 def read_nifti(path: Path, dtype) -> np.ndarray:
     """Decode a NIfTI volume; any failure is a DataError naming the file."""
     try:

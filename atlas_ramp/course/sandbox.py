@@ -126,19 +126,6 @@ def probe_environment(python_env: Path | str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _cache_entries(cache_dir: Path, image: Path) -> list[Path]:
-    """The volume cache's files of one image, when they are fresh."""
-    from ..volume_cache import _cache_stem, _source_signature
-
-    stem = _cache_stem(cache_dir, image)
-    meta, array = stem.with_suffix(".json"), stem.with_suffix(".npy")
-    try:
-        fresh = json.loads(meta.read_text()) == _source_signature(image)
-    except (OSError, ValueError):
-        return []
-    return [meta, array] if fresh and array.is_file() else []
-
-
 def warm_volume_cache(data_dir: Path | str) -> None:
     """Decode every volume of ``data/train`` and ``data/test`` into the cache once.
 
@@ -182,7 +169,7 @@ def stage_test_images(data_dir: Path | str, stage: Path | str) -> tuple[Path, Pa
     """
     import pandas as pd
 
-    from ..volume_cache import default_cache_dir
+    from ..volume_cache import default_cache_dir, fresh_entry_files
 
     source = Path(data_dir) / "data" / "test"
     test, cache = Path(stage) / "test", Path(stage) / "test-cache"
@@ -192,7 +179,7 @@ def stage_test_images(data_dir: Path | str, stage: Path | str) -> tuple[Path, Pa
     for subject in find_subjects(source):
         image = Path(subject.t1w_path)
         link_or_copy(image, test / image.relative_to(source))
-        for entry in _cache_entries(real_cache, image):
+        for entry in fresh_entry_files(real_cache, image):
             link_or_copy(entry, cache / entry.relative_to(real_cache))
     # Linked cohort or subject folders are entered, as discovery does.
     tables = (path for path in walk_files(source) if path.name == "participants.tsv")
