@@ -24,12 +24,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from atlas_ramp.course import sandbox, trusted_scoring
+from atlas_ramp.course import sandbox, staging, trusted_scoring
 from atlas_ramp.course.trusted_scoring import (
     ForgedOutput,
     _read_time,
@@ -121,8 +122,8 @@ def test_a_process_in_the_sandbox_cannot_open_a_test_mask(deployment, tmp_path):
     shared.parent.mkdir(parents=True)
     shutil.move(cohort, shared)
     cohort.symlink_to(shared, target_is_directory=True)
-    sandbox.warm_volume_cache(data_dir)
-    staged = sandbox.stage_test_images(data_dir, tmp_path / "stage")
+    staging.warm_volume_cache(data_dir)
+    staged = staging.stage_test_images(data_dir, tmp_path / "stage")
     submissions = tmp_path / "submissions"
     (submissions / "probe" / "training_output").mkdir(parents=True)
     (tmp_path / "output").mkdir()
@@ -191,9 +192,22 @@ def test_one_unreadable_volume_leaves_the_others_cached(small_sample, tmp_path):
     images = sorted((data / "train").rglob("*_T1w.nii.gz"))
     # Cut in half: the header reads, the voxels do not (ramp-test reports it).
     images[0].write_bytes(images[0].read_bytes()[: images[0].stat().st_size // 2])
-    sandbox.warm_volume_cache(tmp_path)
+    staging.warm_volume_cache(tmp_path)
     cached = [p.name for p in (data / ".cache" / "train").glob("*_T1w-*.npy")]
     assert len(cached) == len(images) - 1
+
+
+def test_stale_staging_folders_are_swept(tmp_path):
+    """A killed runner's staging folder goes; a running one's stays."""
+    old, running = tmp_path / ".sandbox-old", tmp_path / ".sandbox-running"
+    for stage in (old, running):
+        (stage / "test").mkdir(parents=True)
+    three_days_ago = time.time() - 3 * 24 * 3600
+    os.utime(old, (three_days_ago, three_days_ago))
+    (tmp_path / "data").mkdir()
+    os.utime(tmp_path / "data", (three_days_ago, three_days_ago))  # not a stage
+    staging.sweep_stale_stages(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".sandbox-running", "data"]
 
 
 def test_links_left_by_a_submission_are_removed(tmp_path):

@@ -16,7 +16,8 @@
   a pool of dask workers on other machines;
 * :mod:`~atlas_ramp.course.sandbox` and
   :mod:`~atlas_ramp.course.trusted_scoring`: students' code trained where the
-  private test masks cannot be read, and scored outside.
+  private test masks cannot be read, and scored outside
+  (:mod:`~atlas_ramp.course.staging`: what the sandbox is given).
 
 ``server``, ``ramp_worker``, ``dispatcher`` and ``dask_pool`` import ramp-board:
 they run in the server's environment only. The others import in the kit's

@@ -37,14 +37,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
 
-from .._io import link_or_copy, replace_folder, staging_folder
-from ..bids import find_subjects, walk_files
+from .._io import replace_folder
 from ..testmode import QUICK_TEST_VARIABLE, UNLABELLED_TEST_VARIABLE
+from .staging import linked_from, stage_dir, stage_test_images, warm_volume_cache
 from .worker_host import RAMP_SIDE_EXIT_CODE, TIMEOUT_EXIT_CODE, ramp_side_message
 
 #: Where the kit and the submissions are, inside the sandbox.
@@ -124,103 +123,6 @@ def probe_environment(python_env: Path | str) -> dict:
             "Install the kit in that environment."
         )
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def warm_volume_cache(data_dir: Path | str) -> None:
-    """Decode every volume of ``data/train`` and ``data/test`` into the cache once.
-
-    The sandbox sees the cache read-only (a submission must not change what
-    another one reads), so trusted code fills it, outside: the first
-    submission of a course pays the decoding, later ones find it done.
-    A file that cannot be read is left for ``ramp-test`` to report.
-    """
-    from ..bids import DataError
-    from ..volumes import ImageSequence, load_masks
-
-    for split in ("train", "test"):
-        try:
-            images = ImageSequence.from_folder(Path(data_dir) / "data" / split)
-        except DataError:
-            continue
-        for position in range(len(images)):
-            try:  # one bad volume leaves the others to be cached
-                images[position]
-            except DataError:
-                continue
-        if split == "train":
-            try:
-                load_masks(images)
-            except DataError:
-                pass
-
-
-def stage_test_images(data_dir: Path | str, stage: Path | str) -> tuple[Path, Path]:
-    """A copy of ``<data_dir>/data/test`` holding the images only.
-
-    T1w images are hard-linked (copied across file systems) at their relative
-    paths; ``participants.tsv`` files keep their ``participant_id`` and
-    ``cohort`` columns only; the images' fresh volume-cache entries are linked
-    too, so the sandbox does not decode them again.
-
-    Returns
-    -------
-    test, cache : Path
-        The staged ``test`` folder and its staged volume cache.
-    """
-    import pandas as pd
-
-    from ..volume_cache import default_cache_dir, fresh_entry_files
-
-    source = Path(data_dir) / "data" / "test"
-    test, cache = Path(stage) / "test", Path(stage) / "test-cache"
-    test.mkdir(parents=True)
-    cache.mkdir(parents=True)
-    real_cache = default_cache_dir(source)
-    for subject in find_subjects(source):
-        image = Path(subject.t1w_path)
-        link_or_copy(image, test / image.relative_to(source))
-        for entry in fresh_entry_files(real_cache, image):
-            link_or_copy(entry, cache / entry.relative_to(real_cache))
-    # Linked cohort or subject folders are entered, as discovery does.
-    tables = (path for path in walk_files(source) if path.name == "participants.tsv")
-    for table in tables:
-        rows = pd.read_csv(table, sep="\t", dtype=str)
-        kept = [name for name in ("participant_id", "cohort") if name in rows]
-        target = test / table.relative_to(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        rows[kept].to_csv(target, sep="\t", index=False)
-    return test, cache
-
-
-def linked_from(folder: Path | str) -> list[Path]:
-    """Where links below ``folder`` lead, outside it: real paths, outermost only.
-
-    A course's training data may link cohort or subject folders from a shared
-    drive. The sandbox shows these targets read-only at their own paths, so
-    that the links resolve inside as outside (and the volume cache, which
-    names its sources by real path, finds its entries).
-    """
-    real_root = Path(folder).resolve()
-    targets, visited = set(), set()
-    for root, folders, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in visited:  # a folder reached twice, or a cycle
-            folders.clear()
-            continue
-        visited.add(real)
-        for name in folders + files:
-            path = os.path.join(root, name)
-            if os.path.islink(path):
-                target = Path(os.path.realpath(path))
-                if target.exists() and not target.is_relative_to(real_root):
-                    targets.add(target)
-    return sorted(
-        target
-        for target in targets
-        if not any(
-            other != target and target.is_relative_to(other) for other in targets
-        )
-    )
 
 
 def _system_view() -> list[str]:
@@ -355,14 +257,6 @@ def score_outside(python_env, kit_dir, data_dir, produced: Path, log_file) -> in
     ).returncode
 
 
-def _stage_dir(data_dir: Path) -> Path:
-    """A staging folder on the data's file system (hard links), else in /tmp."""
-    try:
-        return staging_folder(data_dir, ".sandbox-")
-    except OSError:
-        return Path(tempfile.mkdtemp(prefix="atlas-ramp-sandbox-"))
-
-
 def run_sandboxed_submission(
     kit_dir: Path | str,
     data_dir: Path | str,
@@ -403,7 +297,7 @@ def run_sandboxed_submission(
     kit_dir, data_dir = Path(kit_dir).resolve(), Path(data_dir).resolve()
     submission_dir, output_dir = Path(submission_dir), Path(output_dir)
     name = submission_dir.name
-    stage = _stage_dir(data_dir)
+    stage = stage_dir(data_dir)
     with open(log_path, "ab") as log_file:
 
         def log(message: str) -> None:
