@@ -107,9 +107,12 @@ class SimulatedHosts:
             "unshare", "-m", "--propagation", "private", "sh", "-c", script,
             "sh", str(copy), str(self.deployment), *worker,
         ]  # fmt: skip
+        # The machine's own temporary folder: what a lost machine leaves there
+        # (a submission's scratch folder) goes with the test's folder.
+        (host / "tmp").mkdir()
         self.workers[name] = self._start(
-            command, host / "worker.log", cwd=host, env=self.env,
-            start_new_session=True,
+            command, host / "worker.log", cwd=host,
+            env={**self.env, "TMPDIR": str(host / "tmp")}, start_new_session=True,
         )  # fmt: skip
 
     def wait_for_workers(self, count: int) -> None:
