@@ -20,8 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from .._io import link_or_copy, staging_folder
-from ..bids import find_subjects, walk_files
+from ..bids import DataError, find_subjects, walk_files
+from ..volume_cache import default_cache_dir, fresh_entry_files
+from ..volumes import ImageSequence, load_masks
 
 #: A staging folder this old was left by a killed runner (no submission runs
 #: two days: ramp-board's time-outs are hours).
@@ -36,9 +40,6 @@ def warm_volume_cache(data_dir: Path | str) -> None:
     submission of a course pays the decoding, later ones find it done.
     A file that cannot be read is left for ``ramp-test`` to report.
     """
-    from ..bids import DataError
-    from ..volumes import ImageSequence, load_masks
-
     for split in ("train", "test"):
         try:
             images = ImageSequence.from_folder(Path(data_dir) / "data" / split)
@@ -69,10 +70,6 @@ def stage_test_images(data_dir: Path | str, stage: Path | str) -> tuple[Path, Pa
     test, cache : Path
         The staged ``test`` folder and its staged volume cache.
     """
-    import pandas as pd
-
-    from ..volume_cache import default_cache_dir, fresh_entry_files
-
     source = Path(data_dir) / "data" / "test"
     test, cache = Path(stage) / "test", Path(stage) / "test-cache"
     test.mkdir(parents=True)
