@@ -157,7 +157,7 @@ class TrainingSubjects:
         first = X[0]
         if not is_memory_mapped(first):
             # Volumes decoded at every read (no writable cache): keep pooled
-            # copies instead, at about 4 MB a subject at 2 mm.
+            # copies instead, about 2 MB a channel and subject at 2 mm.
             print(
                 "small_cnn: the volumes are not memory-mapped; keeping "
                 "pooled copies in memory",

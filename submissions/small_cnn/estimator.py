@@ -433,8 +433,8 @@ QUICK_TEST_NOTE = """small_cnn, quick test: {steps} training steps per fold on s
   patches, enough to see the network start to find lesions (expect a low Dice,
   about 0.3 on the default sample, varying a lot from seed to seed), not to judge
   it. The quick test checks that the submission trains, predicts and is scored end
-  to end. For the real figures (25 to 35 minutes on
-  2 CPU cores): ramp-test --submission small_cnn"""
+  to end. For the real figures (about 25 minutes on 2 CPU cores):
+  ramp-test --submission small_cnn"""
 
 
 def get_estimator(budget=None):
