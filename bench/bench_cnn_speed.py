@@ -10,9 +10,10 @@ It prints medians of ``--repeats`` runs:
 1. the patch pipeline alone (``atlas_ramp.cnn.PatchDataset`` through a
    ``DataLoader``, the submission's own ``make_patch``): patches per second
    with 0, 1, 2 ... worker processes, and milliseconds per patch;
-2. two parts of a patch against their plain alternative: the bias field on
+2. three parts of a patch against their plain alternative: the bias field on
    the patch by upsampling nearby cells (``bias_patch``) against
-   ``map_coordinates`` on every voxel (``bias_on``, before issue 26), and a
+   ``map_coordinates`` on every voxel (``bias_on``, before issue 26), pooling
+   the 1 mm window by strided sums against a copy and ``avg_pool3d``, and a
    cached volume read with cache paths resolved once against resolved at
    every read;
 3. the network step alone (forward, backward, AdamW) on random batches of the
@@ -87,7 +88,7 @@ def pipeline_rate(estimator, subjects, workers, n_patches, batch_size, repeats):
 
 
 def part_costs(subjects, repeats, n=200):
-    """Milliseconds per patch: bias field and volume read, new and plain."""
+    """Milliseconds per patch: bias field, pooling and volume read, new and plain."""
     rng = np.random.default_rng(0)
     log_bias = subjects.log_biases[0]
     corners = [rng.integers(0, np.array(subjects.shape) - 16) for _ in range(n)]
@@ -101,6 +102,23 @@ def part_costs(subjects, repeats, n=200):
         for corner in corners:
             grid = np.indices(sides) + np.reshape(corner, (3, 1, 1, 1))
             cnn.bias_on(log_bias, grid)
+
+    factor = subjects.factor
+    file = subjects.mapped_files[0]
+    volume = np.memmap(**file) if file else subjects.X[0]
+    windows = [
+        tuple(slice(c * factor, (c + 16) * factor) for c in corner)
+        for corner in corners
+    ]
+
+    def new_pooling():
+        for window in windows:
+            cnn.downsample(volume[window], factor)
+
+    def plain_pooling():
+        for window in windows:
+            copy = torch.from_numpy(np.ascontiguousarray(volume[window], np.float32))
+            torch.nn.functional.avg_pool3d(copy[None, None], factor, ceil_mode=True)
 
     def read_cached():
         for i in range(n):
@@ -116,6 +134,8 @@ def part_costs(subjects, repeats, n=200):
         for name, function in (
             ("bias_patch (separable interpolation)", new_bias),
             ("bias_on (map_coordinates, before)", plain_bias),
+            ("pooling a window (strided sums)", new_pooling),
+            ("pooling a window (copy + avg_pool3d, before)", plain_pooling),
             ("cached volume read, paths resolved once", read_cached),
             ("cached volume read, resolved every read (before)", read_resolving),
         )

@@ -148,6 +148,32 @@ def test_bias_patch_equals_bias_on_its_voxels():
         )
 
 
+@pytest.mark.parametrize("factor", [2, 3])
+def test_pooling_a_window_by_strided_sums_equals_avg_pool(tmp_path, factor):
+    """Windows whose sides are multiples of the factor (a training patch's,
+    read from a memory-mapped cache) take the strided-sum path; others, the
+    whole volume's odd edges included, take avg_pool3d: the same averages."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(factor)
+    volume = rng.uniform(0, 900, size=(37, 41, 30)).astype(np.float32)
+    np.save(tmp_path / "volume.npy", volume)
+    mapped = np.load(tmp_path / "volume.npy", mmap_mode="r")
+    for window in [
+        np.s_[3 : 3 + 8 * factor, 0 : 6 * factor, 6 : 6 + 4 * factor],  # strided
+        np.s_[:, :, :],  # odd sides: smaller blocks at the far edges
+        np.s_[1:9, 2:12, 0:29],
+    ]:
+        expected = F.avg_pool3d(
+            torch.from_numpy(volume[window].copy())[None, None], factor, ceil_mode=True
+        )[0, 0].numpy()
+        pooled = cnn.downsample(mapped[window], factor)
+        assert pooled.dtype == np.float32 and pooled.flags.c_contiguous
+        np.testing.assert_allclose(pooled, expected, rtol=1e-6)
+    assert not np.shares_memory(cnn.downsample(mapped[:6, :6, :6], factor), mapped)
+
+
 # --- The patch pipeline -------------------------------------------------------
 def estimator_module():
     from rampwf.utils.importing import import_module_from_source

@@ -45,6 +45,18 @@ __all__ = [
 
 def downsample(volume, factor):
     """Average blocks of ``factor`` voxels per axis (a smaller block at odd edges)."""
+    if factor > 1 and not any(side % factor for side in volume.shape):
+        # A training patch's window (sides that are multiples of the factor):
+        # add the strided views of the (memory-mapped) window axis by axis.
+        # This skips the contiguous copy that avg_pool3d needs, and costs
+        # about half as much (bench/bench_cnn_speed.py).
+        for axis in range(3):
+            views = [
+                volume[(slice(None),) * axis + (slice(start, None, factor),)]
+                for start in range(factor)
+            ]
+            volume = sum(views[1:], np.asarray(views[0], dtype=np.float32))
+        return volume * np.float32(1.0 / factor**3)
     volume = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
     if factor > 1:
         volume = F.avg_pool3d(volume[None, None], factor, ceil_mode=True)[0, 0]
