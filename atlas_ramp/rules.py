@@ -47,10 +47,17 @@ def shift_probability(probability: np.ndarray, threshold: float) -> np.ndarray:
     -------
     ndarray of float32
     """
-    probability = np.clip(probability, 1e-6, 1 - 1e-6)
-    logit = np.log(probability / (1 - probability))
-    logit = logit - np.log(threshold / (1 - threshold))
-    return (1 / (1 + np.exp(-logit))).astype(np.float32)
+    # Subtracting the threshold's logit is dividing the odds p / (1 - p) by
+    # the threshold's odds t / (1 - t): the shifted probability is
+    # p (1 - t) / (p (1 - t) + (1 - p) t). Written so, in place on two
+    # arrays: logs and exponentials, with their temporaries, took 5 times as
+    # long on a 1 mm volume (0.13 against 0.024 s), more inside predict.
+    shifted = np.clip(probability, 1e-6, 1 - 1e-6).astype(np.float32, copy=False)
+    denominator = shifted * np.float32(1 - 2 * threshold)
+    denominator += np.float32(threshold)
+    shifted *= np.float32(1 - threshold)
+    shifted /= denominator
+    return shifted
 
 
 def small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The small rules the baselines share (``atlas_ramp.rules``)."""
 
 import numpy as np
+from scipy import special
 
 from atlas_ramp.rules import head_mask, shift_probability, small_components
 
@@ -19,6 +20,20 @@ def test_shift_probability_keeps_order_and_moves_the_threshold():
     shifted = shift_probability(probability, 0.3)
     assert shifted.dtype == np.float32 and np.isclose(shifted[2], 0.5)
     assert (np.diff(shifted) > 0).all() and shifted.min() >= 0 and shifted.max() <= 1
+
+
+def test_shift_probability_is_a_shift_of_the_logit():
+    rng = np.random.default_rng(0)
+    probability = np.concatenate([rng.random(10_000), [0.0, 1e-7, 0.5, 1.0]])
+    for threshold in (0.05, 0.3, 0.5, 0.9):
+        logit = special.logit(np.clip(probability, 1e-6, 1 - 1e-6))
+        expected = special.expit(logit - special.logit(threshold))
+        shifted = shift_probability(probability.astype(np.float32), threshold)
+        assert shifted.dtype == np.float32
+        np.testing.assert_allclose(shifted, expected, rtol=1e-6, atol=1e-7)
+        # float64 input (the voxel classifier's) gives float32 too, the same
+        from_float64 = shift_probability(probability, threshold)
+        np.testing.assert_array_equal(from_float64, shifted)
 
 
 def test_small_components_use_face_connectivity():
