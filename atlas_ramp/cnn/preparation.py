@@ -57,7 +57,10 @@ def downsample(volume, factor):
             ]
             volume = sum(views[1:], np.asarray(views[0], dtype=np.float32))
         return volume * np.float32(1.0 / factor**3)
-    volume = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+    volume = np.ascontiguousarray(volume, dtype=np.float32)
+    if not volume.flags.writeable:  # a whole read-only memory map: torch warns
+        volume = volume.copy()
+    volume = torch.from_numpy(volume)
     if factor > 1:
         volume = F.avg_pool3d(volume[None, None], factor, ceil_mode=True)[0, 0]
     return volume.numpy()
