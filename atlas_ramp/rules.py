@@ -48,10 +48,9 @@ def shift_probability(probability: np.ndarray, threshold: float) -> np.ndarray:
     ndarray of float32
     """
     # Subtracting the threshold's logit is dividing the odds p / (1 - p) by
-    # the threshold's odds t / (1 - t): the shifted probability is
-    # p (1 - t) / (p (1 - t) + (1 - p) t). Written so, in place on two
-    # arrays: logs and exponentials, with their temporaries, took 5 times as
-    # long on a 1 mm volume (0.13 against 0.024 s), more inside predict.
+    # the threshold's odds t / (1 - t), so the shifted probability is
+    # p (1 - t) / (p (1 - t) + (1 - p) t): no logs or exponentials, and two
+    # arrays instead of about nine (5 times faster on a 1 mm volume).
     shifted = np.clip(probability, 1e-6, 1 - 1e-6).astype(np.float32, copy=False)
     denominator = shifted * np.float32(1 - 2 * threshold)
     denominator += np.float32(threshold)
