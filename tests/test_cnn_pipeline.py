@@ -104,17 +104,24 @@ def test_template_window_is_cut_at_the_shifted_corner():
     np.testing.assert_array_equal(outside[:, 4:], outside[:, 3:4].repeat(4, 1))
 
 
-def test_training_patches_never_wrap_the_template(small_sample):
+def _small_cnn_module():
+    from rampwf.utils.importing import import_module_from_source
+
+    return import_module_from_source(
+        str(REPO / "submissions" / "small_cnn" / "estimator.py"), "estimator"
+    )
+
+
+def test_training_patches_never_wrap_the_template(small_sample, monkeypatch):
     """In training patches, the misregistered template channel is a block of
     neighbouring template voxels: along each axis the source index steps by 1,
     or by 0 where the grid's edge repeats; ``np.roll`` jumped across the patch."""
-    from rampwf.utils.importing import import_module_from_source
-
     from atlas_ramp.volumes import load_split
 
-    module = import_module_from_source(
-        str(REPO / "submissions" / "small_cnn" / "estimator.py"), "estimator"
-    )
+    module = _small_cnn_module()
+    # The cutout's zeros would read as voxel 0: this test is about the shift.
+    cutout = dict(module.AUGMENTATION["template_cutout"], p=0.0)
+    monkeypatch.setitem(module.AUGMENTATION, "template_cutout", cutout)
     X, y = load_split(small_sample, "train")
     estimator = module.SmallUNet(patch_size=16, misregistration_voxels=2)
     subjects = estimator.read_training_subjects(X[:2], y[:2])
@@ -130,6 +137,51 @@ def test_training_patches_never_wrap_the_template(small_sample):
         for axis in range(3):
             steps = np.diff(source[axis], axis=axis)
             assert set(np.unique(steps)) <= {0, 1}, (seed, axis, np.unique(steps))
+
+
+def test_blank_random_box_blanks_one_box_within_the_bounds():
+    volume = np.arange(1, 16**3 + 1, dtype=np.float32).reshape(16, 16, 16)
+    sides_seen = set()
+    for seed in range(50):
+        blanked = cnn.blank_random_box(volume, 0.25, 0.75, np.random.default_rng(seed))
+        assert volume.min() == 1  # the input is left alone
+        zeros = np.argwhere(blanked == 0)
+        low, high = zeros.min(axis=0), zeros.max(axis=0) + 1
+        sides = tuple(high - low)
+        assert all(4 <= side <= 12 for side in sides), sides
+        assert len(zeros) == np.prod(sides)  # one solid box
+        outside = blanked != 0
+        np.testing.assert_array_equal(blanked[outside], volume[outside])
+        sides_seen.add(sides)
+    assert len(sides_seen) > 10  # the sides are drawn, not fixed
+
+
+def test_template_cutout_touches_the_template_channel_only(small_sample, monkeypatch):
+    """With the cutout always on, a patch is the patch without it but for one
+    blanked box of its template channel (same draws up to there)."""
+    from atlas_ramp.volumes import load_split
+
+    module = _small_cnn_module()
+    monkeypatch.setitem(module.AUGMENTATION, "flip", dict(p=0.0))
+    X, y = load_split(small_sample, "train")
+    estimator = module.SmallUNet(patch_size=16)
+    subjects = estimator.read_training_subjects(X[:2], y[:2])
+    estimator.template_ = estimator.template_ + 100.0  # no zero of its own
+    patches = {}
+    for p in (0.0, 1.0):
+        cutout = dict(module.AUGMENTATION["template_cutout"], p=p)
+        monkeypatch.setitem(module.AUGMENTATION, "template_cutout", cutout)
+        patches[p] = [
+            estimator.make_patch(subjects, np.random.default_rng(seed))
+            for seed in range(10)
+        ]
+    for (plain, plain_target), (cut, cut_target) in zip(*patches.values(), strict=True):
+        np.testing.assert_array_equal(cut[0], plain[0])  # the image
+        np.testing.assert_array_equal(cut_target, plain_target)
+        blanked = cut[-1] == 0
+        assert 4**3 <= blanked.sum() <= 12**3
+        assert not (plain[-1] == 0).any()
+        np.testing.assert_array_equal(cut[-1][~blanked], plain[-1][~blanked])
 
 
 def test_bias_patch_equals_bias_on_its_voxels():

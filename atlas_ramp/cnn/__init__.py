@@ -21,6 +21,7 @@ in the modules above.
 from .patches import (
     PatchDataset,
     TrainingSubjects,
+    blank_random_box,
     fade_lesions,
     patch_loader,
     pooled_lesions,
@@ -60,6 +61,7 @@ __all__ = [
     "bias_on",
     "bias_on_grid",
     "bias_patch",
+    "blank_random_box",
     "channels_last",
     "cut_window",
     "downsample",

@@ -26,6 +26,7 @@ from .preparation import (
 __all__ = [
     "PatchDataset",
     "TrainingSubjects",
+    "blank_random_box",
     "fade_lesions",
     "is_memory_mapped",
     "lesion_indices",
@@ -280,6 +281,33 @@ def fade_lesions(image, target, max_fade, rng):
     image = image.copy()
     image[0] += weight * (level - image[0])
     return image
+
+
+def blank_random_box(volume, low, high, rng):
+    """A copy of ``volume`` with one random box set to 0 (cutout).
+
+    Written here rather than taken from MONAI's ``RandCoarseDropout``, which
+    draws from its own random state: a training patch must draw everything from
+    its own generator, to be the same whatever the number of workers.
+
+    Parameters
+    ----------
+    volume : ndarray, shape (x, y, z)
+    low, high : float
+        Each side of the box is drawn between these shares of the volume's.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ndarray
+        A blanked copy; ``volume`` is left alone.
+    """
+    shape = np.array(volume.shape)
+    sides = rng.integers((low * shape).astype(int), (high * shape).astype(int) + 1)
+    corner = [rng.integers(0, n - s + 1) for n, s in zip(shape, sides, strict=True)]
+    blanked = np.array(volume)
+    blanked[tuple(slice(c, c + s) for c, s in zip(corner, sides, strict=True))] = 0.0
+    return blanked
 
 
 class PatchDataset(Dataset):

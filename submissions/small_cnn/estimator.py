@@ -16,8 +16,8 @@ that it trains on a laptop CPU:
    drawn lesion by lesion (a 0.2 mL lesion as often as a 100 mL one).
    Augmentation (the ``AUGMENTATION`` table below) imitates the scanners and
    cohorts the training set lacks: left-right flips, contrast curves, bias
-   fields, blur, noise, and up to 2 voxels of misregistration between the
-   image and the template.
+   fields, blur, noise, up to 2 voxels of misregistration between the image
+   and the template, and a blanked box in the template channel.
 3. The loss is MONAI's ``DiceCELoss``: soft Dice (what we are scored on) plus
    cross-entropy (smooth gradients for every voxel); AdamW, cosine decay.
 4. Prediction slides windows of the patch size over the head (Gaussian
@@ -55,6 +55,7 @@ from torch import nn
 from atlas_ramp.cnn import (
     PatchDataset,
     PatchSegmenter,
+    blank_random_box,
     channels_last,
     cut_window,
     fade_lesions,
@@ -163,6 +164,9 @@ AUGMENTATION = {
     "blur": dict(p=0.25, low_sigma=0.3, high_sigma=1.0),  # in working voxels
     "noise": dict(p=0.5, max_level=0.1, rician_p=0.5),
     "flip": dict(p=0.5),  # left-right (axis x; the template is symmetric)
+    # Blank a box of the template channel (sides a quarter to three quarters
+    # of the patch's): where image and template disagree, the image decides.
+    "template_cutout": dict(p=0.5, low=0.25, high=0.75),
 }
 
 
@@ -327,6 +331,9 @@ class SmallUNet(PatchSegmenter):
         if self.template_channel:
             offsets = rng.integers(-shift, shift + 1, 3)
             window = cut_window(self.template_, corner - offsets, image.shape[1:])
+            cutout = AUGMENTATION["template_cutout"]
+            if rng.random() < cutout["p"]:
+                window = blank_random_box(window, cutout["low"], cutout["high"], rng)
             channels.append(window[None])
         patch = pad_to_at_least(np.concatenate(channels).astype(np.float32), size)
         target = pad_to_at_least(target, size, "constant")
