@@ -154,6 +154,8 @@ def test_blank_random_box_blanks_one_box_within_the_bounds():
         np.testing.assert_array_equal(blanked[outside], volume[outside])
         sides_seen.add(sides)
     assert len(sides_seen) > 10  # the sides are drawn, not fixed
+    with pytest.raises(ValueError, match="template_cutout"):
+        cnn.blank_random_box(volume, 0.25, 1.5, np.random.default_rng(0))
 
 
 def test_template_cutout_touches_the_template_channel_only(small_sample, monkeypatch):

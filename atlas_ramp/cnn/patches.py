@@ -302,6 +302,12 @@ def blank_random_box(volume, low, high, rng):
     ndarray
         A blanked copy; ``volume`` is left alone.
     """
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(
+            f"blank_random_box: the box's sides are shares of the volume's, so "
+            f"0 <= low <= high <= 1 (got low={low}, high={high}); check the "
+            f'"template_cutout" entry of AUGMENTATION in estimator.py.'
+        )
     shape = np.array(volume.shape)
     sides = rng.integers((low * shape).astype(int), (high * shape).astype(int) + 1)
     corner = [rng.integers(0, n - s + 1) for n, s in zip(shape, sides, strict=True)]
